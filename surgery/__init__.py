@@ -1,0 +1,61 @@
+"""surgery: find, gate, strip and restore every dropout site in a PyTorch model.
+
+>>> import surgery
+>>> from torch import nn
+>>> model = nn.Sequential(
+...     nn.Linear(8, 8), nn.Dropout(0.1), nn.LSTM(8, 8, 2, dropout=0.2)
+... )
+>>> [site.path for site in surgery.find(model)]
+['1', '2.dropout']
+>>> model = surgery.strip(model)   # in place; returns the model
+
+The verbs change the model in place and return it. ``select`` and
+``exclude`` take a glob (matched against the whole site path), ``"re:<regex>"``
+(``fullmatch``), a class or tuple of classes, a predicate ``(path, module) ->
+bool``, or a list of these.
+"""
+
+from __future__ import annotations
+
+from ._api import dropout_off, dropout_on, find, gate, restore, set_dropout, strip
+from ._errors import (
+    SelectionError,
+    SiteError,
+    SurgeryError,
+    SurgeryWarning,
+    VerificationError,
+)
+from ._force import register_eval_fast_path
+from ._gate import GatedDropout, StrippedDropout
+from ._kinds.attribute import register_dropout_attribute
+from ._kinds.drop_path import register_drop_path
+from ._randomops import RandomOpCounter, count_random_ops
+from ._select import Selector
+from ._site import Mode, Site, State
+
+__all__ = [
+    "GatedDropout",
+    "Mode",
+    "RandomOpCounter",
+    "SelectionError",
+    "Selector",
+    "Site",
+    "SiteError",
+    "State",
+    "StrippedDropout",
+    "SurgeryError",
+    "SurgeryWarning",
+    "VerificationError",
+    "count_random_ops",
+    "dropout_off",
+    "dropout_on",
+    "find",
+    "gate",
+    "register_drop_path",
+    "register_dropout_attribute",
+    "register_eval_fast_path",
+    "restore",
+    "set_dropout",
+    "strip",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,312 @@
+"""The verbs: find, strip, gate, restore, set_dropout, and two context managers.
+
+Every rewrite changes the model in place and returns it, as ``nn.Module.to``
+does. A rewrite runs as one transaction: if any site fails, every site already
+changed is put back and the model is exactly as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TypeVar
+
+from torch import nn
+
+from ._errors import SiteError
+from ._force import sync_forcing
+from ._gate import check_mode, check_p
+from ._kinds import KINDS, kind_named
+from ._kinds.base import Undo
+from ._select import Selector, select_sites
+from ._site import Mode, Site, State
+from ._tree import ModuleIndex
+
+__all__ = [
+    "dropout_off",
+    "dropout_on",
+    "find",
+    "gate",
+    "restore",
+    "set_dropout",
+    "strip",
+]
+
+logger = logging.getLogger("surgery")
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def find(
+    model: nn.Module,
+    select: Selector | None = None,
+    *,
+    exclude: Selector | None = None,
+) -> list[Site]:
+    """List the dropout sites of ``model``, in module order.
+
+    Finds dropout modules (called or read for ``.p``), float dropout
+    attributes, and registered drop-path classes, in every state: original,
+    gated or stripped. Dropout written as a functional call with a literal
+    probability in forward code is not visible without running the model.
+
+    Args:
+        model: The model to inspect. It is not changed.
+        select: Which sites to return (see :mod:`surgery` for the selector
+            language); ``None`` means all.
+        exclude: Sites to leave out; wins over ``select``.
+
+    Returns:
+        One :class:`Site` per site.
+
+    Raises:
+        SelectionError: ``select`` matched no site.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1))
+        >>> [(site.path, site.kind, site.p) for site in find(model)]
+        [('1', 'module', 0.1)]
+    """
+    _check_model(model)
+    return select_sites(_discover(ModuleIndex.build(model)), select, exclude)
+
+
+def strip(
+    model: M,
+    select: Selector | None = None,
+    *,
+    exclude: Selector | None = None,
+) -> M:
+    """Make the selected sites drop nothing, in train mode too. In place.
+
+    Dropout modules become :class:`StrippedDropout` (an ``nn.Identity`` that
+    answers ``p == 0.0``); float attributes become ``0.0``. ``state_dict`` is
+    unchanged and :func:`restore` undoes it.
+
+    Returns:
+        ``model`` itself, changed in place.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1))
+        >>> strip(model)[1]
+        StrippedDropout(stripped=Dropout)
+    """
+    return _rewrite(model, select, exclude, _to_stripped)
+
+
+def gate(
+    model: M,
+    select: Selector | None = None,
+    *,
+    exclude: Selector | None = None,
+) -> M:
+    """Put the selected sites under a gate that follows ``training``. In place.
+
+    The gated model behaves and draws random numbers exactly as before; use
+    :func:`set_dropout` or the gates themselves to switch a site on or off or
+    to change its probability. Sites already gated keep their settings.
+
+    Returns:
+        ``model`` itself, changed in place.
+    """
+    return _rewrite(model, select, exclude, _to_gated)
+
+
+def restore(model: M, select: Selector | None = None) -> M:
+    """Undo :func:`strip`, :func:`gate` and :func:`set_dropout`. In place.
+
+    Puts back the very module objects and attribute values the model had.
+
+    Returns:
+        ``model`` itself, changed in place.
+    """
+    return _rewrite(model, select, None, _to_original)
+
+
+def set_dropout(
+    model: M,
+    select: Selector | None = None,
+    *,
+    exclude: Selector | None = None,
+    mode: Mode | None = None,
+    p: float | None = None,
+) -> M:
+    """Set the mode and/or probability of the selected sites. In place.
+
+    Sites not gated yet are gated first. ``mode`` is ``"train"`` (drop when
+    the module is training, like plain dropout), ``"on"`` (drop in eval mode
+    too: Monte Carlo dropout) or ``"off"`` (never drop); ``None`` keeps each
+    site's mode. ``p=None`` keeps each site's probability.
+
+    Returns:
+        ``model`` itself, changed in place.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1))
+        >>> _ = set_dropout(model, mode="on", p=0.3)
+        >>> [(site.mode, site.p) for site in find(model)]
+        [('on', 0.3)]
+    """
+    checked_mode = None if mode is None else check_mode(mode)
+    checked_p = None if p is None else check_p(p)
+    if checked_mode is None and checked_p is None:
+        raise ValueError("set_dropout needs mode=, p= or both")
+
+    def to_configured(index: ModuleIndex, site: Site) -> list[Undo]:
+        return _to_configured(index, site, checked_mode, checked_p)
+
+    return _rewrite(model, select, exclude, to_configured)
+
+
+@contextmanager
+def dropout_off(
+    model: M, select: Selector | None = None, *, exclude: Selector | None = None
+) -> Iterator[M]:
+    """Turn the selected sites off inside the block, then put them back.
+
+    Example:
+        >>> model = nn.Sequential(nn.Dropout(0.5)).train()
+        >>> x = torch.ones(8)
+        >>> with dropout_off(model):
+        ...     torch.equal(model(x), x)
+        True
+    """
+    with _temporarily(model, select, exclude, "off"):
+        yield model
+
+
+@contextmanager
+def dropout_on(
+    model: M, select: Selector | None = None, *, exclude: Selector | None = None
+) -> Iterator[M]:
+    """Make the selected sites drop inside the block, in eval mode too."""
+    with _temporarily(model, select, exclude, "on"):
+        yield model
+
+
+@contextmanager
+def _temporarily(
+    model: M, select: Selector | None, exclude: Selector | None, mode: Mode
+) -> Iterator[None]:
+    before = {site.path: site for site in find(model, select, exclude=exclude)}
+    set_dropout(model, select, exclude=exclude, mode=mode)
+    try:
+        yield
+    finally:
+        # Put back each site's state, mode and rate as they were on entry,
+        # also when the block raised.
+        def back(index: ModuleIndex, site: Site) -> list[Undo]:
+            then = before[site.path]
+            if then.state == "original":
+                return _to_original(index, site)
+            if then.state == "stripped":
+                return _to_stripped(index, site)
+            return _to_configured(index, site, then.mode, then.p)
+
+        _rewrite(model, lambda path, _: path in before, None, back)
+
+
+Transition = Callable[[ModuleIndex, Site], list[Undo]]
+
+
+def _rewrite(
+    model: M,
+    select: Selector | None,
+    exclude: Selector | None,
+    transition: Transition,
+) -> M:
+    _check_model(model)
+    index = ModuleIndex.build(model)
+    chosen = select_sites(_discover(index), select, exclude)
+    undos: list[Undo] = []
+    try:
+        for site in chosen:
+            undos.extend(transition(index, site))
+        undos.append(sync_forcing(index, _discover(index)))
+    except BaseException:
+        for undo in reversed(undos):
+            undo()
+        raise
+    logger.debug(
+        "%s: %d site(s) on %s", transition.__name__, len(chosen), type(model).__name__
+    )
+    return model
+
+
+def _discover(index: ModuleIndex) -> list[Site]:
+    claimed: set[int] = set()
+    sites = [site for kind in KINDS for site in kind.discover(index, claimed)]
+    order = {path: position for position, path in enumerate(index.modules)}
+    return sorted(
+        sites, key=lambda site: order.get(site.path, order.get(site.owner, 0))
+    )
+
+
+def _to_original(index: ModuleIndex, site: Site) -> list[Undo]:
+    if site.state == "original":
+        return []
+    return [_guard(site, lambda: kind_named(site.kind).restore(index, site))]
+
+
+def _to_stripped(index: ModuleIndex, site: Site) -> list[Undo]:
+    if site.state == "stripped":
+        return []
+    undos = _to_original(index, site)
+    undos.append(_guard(site, lambda: kind_named(site.kind).strip(index, site)))
+    return undos
+
+
+def _to_gated(index: ModuleIndex, site: Site) -> list[Undo]:
+    if site.state == "gated":
+        return []
+    undos = _to_original(index, site)
+    kind = kind_named(site.kind)
+    undos.append(
+        _guard(site, lambda: kind.gate(index, site, mode="train", p=site.original_p))
+    )
+    return undos
+
+
+def _to_configured(
+    index: ModuleIndex, site: Site, mode: Mode | None, p: float | None
+) -> list[Undo]:
+    kind = kind_named(site.kind)
+    if site.state == "gated":
+        new_mode: Mode = mode or site.mode or "train"
+        new_p = site.p if p is None else p
+        return [
+            _guard(site, lambda: kind.configure(index, site, mode=new_mode, p=new_p))
+        ]
+    undos = _to_original(index, site)
+    new_p = site.original_p if p is None else p
+    undos.append(
+        _guard(site, lambda: kind.gate(index, site, mode=mode or "train", p=new_p))
+    )
+    return undos
+
+
+def _guard(site: Site, step: Callable[[], Undo]) -> Undo:
+    """Run one step on one site; name the site if it fails."""
+    try:
+        return step()
+    except SiteError:
+        raise
+    except Exception as error:
+        raise SiteError(
+            f"could not rewrite {site.kind} site {site.path!r} ({site.cls}): "
+            f"{error}. The model was left unchanged."
+        ) from error
+
+
+def _check_model(model: object) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"expected an nn.Module, got {type(model).__name__}; "
+            "pass the model itself (for a compiled model, its ._orig_mod)"
+        )
+
+
+def state_of(sites: Sequence[Site]) -> dict[str, State]:
+    """Map each site path to its state: a compact view for logs and tests."""
+    return {site.path: site.state for site in sites}

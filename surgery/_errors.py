@@ -1,0 +1,43 @@
+"""The exceptions and warnings that surgery raises.
+
+Every error derives from :class:`SurgeryError`; the specific ones also derive
+from the builtin they refine, so callers can catch either::
+
+    SurgeryError
+    ├── SelectionError(SurgeryError, ValueError)    a selector matched nothing
+    ├── SiteError(SurgeryError, TypeError)          a site cannot do what was asked
+    └── VerificationError(SurgeryError, AssertionError)
+                                                    a checked claim did not hold
+
+    SurgeryWarning(UserWarning)                     something was probably a mistake
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SelectionError",
+    "SiteError",
+    "SurgeryError",
+    "SurgeryWarning",
+    "VerificationError",
+]
+
+
+class SurgeryError(Exception):
+    """Base class of every error raised by surgery."""
+
+
+class SelectionError(SurgeryError, ValueError):
+    """A ``select`` or ``exclude`` argument is malformed or matched no site."""
+
+
+class SiteError(SurgeryError, TypeError):
+    """A site cannot be rewritten or configured the way that was asked."""
+
+
+class VerificationError(SurgeryError, AssertionError):
+    """A numerical claim about a rewritten model did not hold."""
+
+
+class SurgeryWarning(UserWarning):
+    """Something surgery did or saw is probably not what the caller meant."""

@@ -1,0 +1,145 @@
+"""Forcing an owner into training mode so that its "on" sites drop in eval.
+
+Sites that the owner's code reads (a float attribute, a module read for
+``.p``) drop only if the owner's own ``training`` flag is set: model code
+writes ``p if self.training else 0.0``. A gate in mode ``"on"`` therefore
+presents ``training=True`` to that owner for the length of its forward. Sites
+of the same owner that are not "on" are held at zero meanwhile, since the model
+is really in eval mode.
+
+Some modules skip their dropout children entirely in eval mode through a
+fused fast path (``nn.TransformerEncoderLayer``); they are forced the same way
+when any site inside them is "on". :func:`register_eval_fast_path` adds more.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from ._kinds import kind_named
+from ._kinds.base import Hold, Undo
+from ._site import Site
+from ._tree import ModuleIndex, parent_path, qualname
+
+__all__ = ["register_eval_fast_path", "sync_forcing"]
+
+_RECORD = "_surgery_force"
+_FAST_PATH_CLASSES: set[str] = {"torch.nn.modules.transformer.TransformerEncoderLayer"}
+
+
+def register_eval_fast_path(cls: type[nn.Module] | str) -> None:
+    """Declare a class whose eval-mode forward skips its dropout children."""
+    _FAST_PATH_CLASSES.add(cls if isinstance(cls, str) else qualname(cls))
+
+
+@dataclass
+class _ForceRecord:
+    holds: list[Hold] = field(default_factory=list)
+    forcing: bool = False
+
+
+def _pre_hook(module: nn.Module, args: Any) -> None:
+    record: _ForceRecord = module.__dict__[_RECORD]
+    if module.training:
+        return
+    module.training = True
+    record.forcing = True
+    for hold in record.holds:
+        hold.apply()
+
+
+def _post_hook(module: nn.Module, args: Any, output: Any) -> None:
+    record: _ForceRecord | None = module.__dict__.get(_RECORD)
+    if record is None or not record.forcing:
+        return
+    for hold in record.holds:
+        hold.release()
+    module.training = False
+    record.forcing = False
+
+
+def _forced_paths(index: ModuleIndex, site: Site) -> list[str]:
+    """The modules that must see ``training=True`` for ``site`` to drop."""
+    paths = [site.owner] if kind_named(site.kind).reads_through_owner else []
+    ancestor = site.path
+    while ancestor:
+        ancestor = parent_path(ancestor)
+        if qualname(index.get(ancestor)) in _FAST_PATH_CLASSES:
+            paths.append(ancestor)
+    return paths
+
+
+def sync_forcing(index: ModuleIndex, sites: Sequence[Site]) -> Undo:
+    """Install the hooks that "on" sites need, and remove those no longer needed."""
+    wanted: dict[str, list[Site]] = defaultdict(list)
+    for site in sites:
+        if site.state == "gated" and site.mode == "on":
+            for path in _forced_paths(index, site):
+                wanted[path].append(site)
+
+    undos: list[Undo] = []
+    for path, module in index:
+        had = module.__dict__.get(_RECORD)
+        if path in wanted:
+            holds = _holds_for(index, path, sites)
+            undos.append(_install(module, holds))
+        elif had is not None:
+            undos.append(_remove(module))
+
+    def undo() -> None:
+        for step in reversed(undos):
+            step()
+
+    return undo
+
+
+def _holds_for(index: ModuleIndex, path: str, sites: Sequence[Site]) -> list[Hold]:
+    holds = []
+    for site in sites:
+        kind = kind_named(site.kind)
+        if site.owner != path or not kind.reads_through_owner:
+            continue
+        if site.state == "gated" and site.mode == "on":
+            continue
+        hold = kind.hold(index, site)
+        if hold is not None:
+            holds.append(hold)
+    return holds
+
+
+def _install(module: nn.Module, holds: list[Hold]) -> Undo:
+    before = module.__dict__.get(_RECORD)
+    if before is None:
+        module.register_forward_pre_hook(_pre_hook)
+        module.register_forward_hook(_post_hook, always_call=True)
+    module.__dict__[_RECORD] = _ForceRecord(holds)
+
+    def undo() -> None:
+        if before is None:
+            _remove(module)
+        else:
+            module.__dict__[_RECORD] = before
+
+    return undo
+
+
+def _remove(module: nn.Module) -> Undo:
+    before = module.__dict__.pop(_RECORD, None)
+    for hooks, fn in (
+        (module._forward_pre_hooks, _pre_hook),
+        (module._forward_hooks, _post_hook),
+    ):
+        for key in [k for k, v in hooks.items() if v is fn]:
+            del hooks[key]
+            module._forward_hooks_always_called.pop(key, None)
+
+    def undo() -> None:
+        if before is not None:
+            _install(module, before.holds)
+
+    return undo
