@@ -215,10 +215,12 @@ class GatedDropout(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.mode == "off":
             return x
+        if self.kernel == "module":
+            # A class of its own may do something in eval mode too (drop
+            # anyway, rescale): in "train" mode it sees the gate's own flag.
+            return self._call_inner(x, self.mode == "on" or self.training)
         if not (self.mode == "on" or self.training):
             return x
-        if self.kernel == "module":
-            return self._call_inner(x)
         if not torch.jit.is_scripting() and _in_compiled_graph():  # type: ignore[attr-defined]
             return _tensor_rate_kernel(
                 self.kernel, x, self._rate_tensor, self.scale_by_keep, self.batchwise
@@ -233,13 +235,13 @@ class GatedDropout(nn.Module):
         )
 
     @torch.jit.unused
-    def _call_inner(self, x: Tensor) -> Tensor:
-        # The inner module decides by its own training flag; make it drop.
-        # Its forward is called directly: its hooks are the gate's hooks and
-        # have fired already.
+    def _call_inner(self, x: Tensor, training: bool) -> Tensor:
+        # The inner module decides by its own training flag; set it to what
+        # the gate wants. Its forward is called directly: its hooks are the
+        # gate's hooks and have fired already.
         inner = self.inner
         was_training = inner.training
-        inner.training = True
+        inner.training = training
         try:
             out: Tensor = inner.forward(x)
         finally:

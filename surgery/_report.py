@@ -14,7 +14,7 @@ HEADERS = ("path", "kind", "class", "p", "state", "mechanism")
 
 def sites_table_rows(sites: Sequence[Site]) -> list[tuple[str, ...]]:
     """One row of strings per site, in :data:`HEADERS` order."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for site in sites:
         state = f"gated ({site.mode})" if site.state == "gated" else site.state
         if site.aliases:
