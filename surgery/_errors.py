@@ -5,6 +5,7 @@ from the builtin they refine, so callers can catch either::
 
     SurgeryError
     ├── SelectionError(SurgeryError, ValueError)    a selector matched nothing
+    ├── RecipeError(SurgeryError, ValueError)       a recipe file is malformed
     ├── SiteError(SurgeryError, TypeError)          a site cannot do what was asked
     └── VerificationError(SurgeryError, AssertionError)
                                                     a checked claim did not hold
@@ -15,6 +16,7 @@ from the builtin they refine, so callers can catch either::
 from __future__ import annotations
 
 __all__ = [
+    "RecipeError",
     "SelectionError",
     "SiteError",
     "SurgeryError",
@@ -29,6 +31,10 @@ class SurgeryError(Exception):
 
 class SelectionError(SurgeryError, ValueError):
     """A ``select`` or ``exclude`` argument is malformed or matched no site."""
+
+
+class RecipeError(SurgeryError, ValueError):
+    """A recipe is malformed: unreadable TOML, an unknown key, a bad value."""
 
 
 class SiteError(SurgeryError, TypeError):
