@@ -28,6 +28,7 @@ KERNELS: Final = (
     "dropout1d",
     "dropout2d",
     "dropout3d",
+    "feature_dropout",
     "alpha_dropout",
     "feature_alpha_dropout",
     "drop_path",
@@ -234,6 +235,18 @@ class GatedDropout(nn.Module):
             self.batchwise,
         )
 
+    def effective_rate(self) -> float:
+        """The probability a call site governed by this gate should pass now.
+
+        What model code computes as ``p if self.training else 0.0``, under the
+        gate: the rate when on, or when following a module that is training.
+        """
+        if self.mode == "off" or self._held:
+            return 0.0
+        if self.mode == "on" or self.training:
+            return self._rate
+        return 0.0
+
     @torch.jit.unused
     def _call_inner(self, x: Tensor, training: bool) -> Tensor:
         # The inner module decides by its own training flag; set it to what
@@ -312,6 +325,10 @@ def _float_rate_kernel(
         return F.dropout2d(x, p, True, inplace)
     if kernel == "dropout3d":
         return F.dropout3d(x, p, True, inplace)
+    if kernel == "feature_dropout":
+        if inplace:
+            return torch.feature_dropout_(x, p, True)
+        return torch.feature_dropout(x, p, True)
     if kernel == "alpha_dropout":
         return F.alpha_dropout(x, p, True, inplace)
     if kernel == "feature_alpha_dropout":
@@ -339,7 +356,7 @@ def _noise_shape(kernel: str, x: Tensor, batchwise: bool) -> list[int]:
     if kernel in ("dropout1d", "dropout2d", "dropout3d"):
         spatial = int(kernel[len("dropout")])
         return list(x.shape[: dims - spatial]) + [1] * spatial
-    if kernel == "feature_alpha_dropout":
+    if kernel in ("feature_dropout", "feature_alpha_dropout"):
         return list(x.shape[:2]) + [1] * (dims - 2)
     if kernel == "stochastic_depth" and batchwise:
         return [1] * dims
