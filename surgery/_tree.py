@@ -32,9 +32,10 @@ def qualname(obj: object) -> str:
 class ModuleIndex:
     """Every module of a model once, with all the paths it is registered under.
 
-    Built by one ``named_modules`` walk, so that kinds do not walk the tree
-    once each. Modules inside a surgery replacement (the module a gate calls)
-    are left out: they belong to the replacement's site.
+    Built by one walk in ``named_modules(remove_duplicate=False)`` order, so
+    that kinds do not walk the tree once each. Modules inside a surgery
+    replacement (the module a gate calls) are left out: they belong to the
+    replacement's site.
     """
 
     model: nn.Module
@@ -44,14 +45,22 @@ class ModuleIndex:
     @classmethod
     def build(cls, model: nn.Module) -> ModuleIndex:
         index = cls(model)
-        inside_replacement: list[str] = []
-        for path, module in model.named_modules(remove_duplicate=False):
-            if any(path.startswith(prefix) for prefix in inside_replacement):
-                continue
-            index.paths.setdefault(id(module), []).append(path)
-            index.modules[path] = module
+        paths, modules = index.paths, index.modules
+
+        # A walk of our own rather than a filter over named_modules(): pruning
+        # a replacement's subtree is then free, where testing every path
+        # against every replacement grew quadratically with the sites.
+        def visit(path: str, module: nn.Module) -> None:
+            paths.setdefault(id(module), []).append(path)
+            modules[path] = module
             if "_surgery_kind" in module.__dict__:
-                inside_replacement.append(path + ".")
+                return
+            prefix = f"{path}." if path else ""
+            for name, child in module._modules.items():
+                if child is not None:
+                    visit(prefix + name, child)
+
+        visit("", model)
         return index
 
     def __iter__(self) -> Iterator[tuple[str, nn.Module]]:
