@@ -4,6 +4,7 @@ Every error derives from :class:`SurgeryError`; the specific ones also derive
 from the builtin they refine, so callers can catch either::
 
     SurgeryError
+    ├── BenchmarkError(SurgeryError, ValueError)    a benchmark cannot run as asked
     ├── SelectionError(SurgeryError, ValueError)    a selector matched nothing
     ├── RecipeError(SurgeryError, ValueError)       a recipe file is malformed
     ├── SiteError(SurgeryError, TypeError)          a site cannot do what was asked
@@ -16,6 +17,7 @@ from the builtin they refine, so callers can catch either::
 from __future__ import annotations
 
 __all__ = [
+    "BenchmarkError",
     "RecipeError",
     "SelectionError",
     "SiteError",
@@ -27,6 +29,10 @@ __all__ = [
 
 class SurgeryError(Exception):
     """Base class of every error raised by surgery."""
+
+
+class BenchmarkError(SurgeryError, ValueError):
+    """A throughput comparison cannot run with the model, inputs or options given."""
 
 
 class SelectionError(SurgeryError, ValueError):
