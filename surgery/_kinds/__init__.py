@@ -10,6 +10,7 @@ from __future__ import annotations
 from .attribute import FloatAttributeKind
 from .base import SiteKind
 from .drop_path import DropPathKind
+from .functional import FunctionalKind
 from .module import DropoutModuleKind
 from .read_p import ReadForPKind
 
@@ -20,6 +21,7 @@ KINDS: list[SiteKind] = [
     ReadForPKind(),
     DropoutModuleKind(),
     FloatAttributeKind(),
+    FunctionalKind(),
 ]
 
 

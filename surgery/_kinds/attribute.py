@@ -25,7 +25,7 @@ from .._site import Mode, Site, State
 from .._tree import ModuleIndex, join, qualname
 from .base import Hold, HoldAttribute, Undo
 
-__all__ = ["FloatAttributeKind", "register_dropout_attribute"]
+__all__ = ["FloatAttributeKind", "is_dropout_attribute", "register_dropout_attribute"]
 
 _PATTERNS: list[re.Pattern[str]] = [
     re.compile(r".*dropout.*"),
@@ -47,6 +47,13 @@ def register_dropout_attribute(pattern: str) -> None:
 
 def _is_probability(value: object) -> bool:
     return type(value) is float and 0.0 <= value <= 1.0
+
+
+def is_dropout_attribute(owner: nn.Module, name: str) -> bool:
+    """True if ``owner.<name>`` is a float dropout site (or was one before surgery)."""
+    if name in _records(owner):
+        return True
+    return _is_probability(owner.__dict__.get(name)) and _is_dropout_name(name)
 
 
 def _is_dropout_name(name: str) -> bool:
