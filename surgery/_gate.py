@@ -52,6 +52,14 @@ _HOOK_DICTS: Final = (
     "_backward_pre_hooks",
 )
 
+# The containers of a module's state, shared the same way.
+_STATE_DICTS: Final = (
+    "_parameters",
+    "_buffers",
+    "_non_persistent_buffers_set",
+    "_modules",
+)
+
 
 def check_p(p: object, *, where: str = "p") -> float:
     """Return ``p`` as a float, or raise ``ValueError`` if it is no probability."""
@@ -77,6 +85,21 @@ def adopt(replacement: nn.Module, original: nn.Module, kind: str) -> None:
         if name in original.__dict__:
             # Share the dict itself: a handle removes its hook from both.
             replacement.__dict__[name] = original.__dict__[name]
+
+    # A gate that calls the original holds it as a plain attribute, not a
+    # child: the original's own tensors are shared below instead.
+    for name, child in list(replacement._modules.items()):
+        if child is original:
+            del replacement._modules[name]
+            replacement.__dict__[name] = original
+    if replacement._parameters or replacement._buffers or replacement._modules:
+        raise SiteError(f"{type(replacement).__name__} has tensors of its own")
+
+    # Share the original's parameters, buffers and children: state_dict() keys
+    # and values stay the same, and .to(), to_empty() and load_state_dict()
+    # reach the original's very tensors, so restore() finds them up to date.
+    for name in _STATE_DICTS:
+        replacement.__dict__[name] = original.__dict__[name]
 
     # Kept out of _modules on purpose: it must not appear in state_dict() or
     # named_modules(), and restore() puts this very object back.
