@@ -29,12 +29,30 @@ from ._force import register_eval_fast_path
 from ._gate import GatedDropout, StrippedDropout
 from ._kinds.attribute import register_dropout_attribute
 from ._kinds.drop_path import register_drop_path
+from ._mc import mc_mean, mc_sample, mc_variance
 from ._randomops import RandomOpCounter, count_random_ops
+from ._schedule import (
+    ConstantDropout,
+    CosineDropout,
+    DepthDropout,
+    DropoutSchedule,
+    EarlyDropout,
+    LateDropout,
+    LinearDropout,
+    StepDropout,
+)
 from ._select import Selector
 from ._site import Mode, Site, State
 
 __all__ = [
+    "ConstantDropout",
+    "CosineDropout",
+    "DepthDropout",
+    "DropoutSchedule",
+    "EarlyDropout",
     "GatedDropout",
+    "LateDropout",
+    "LinearDropout",
     "Mode",
     "RandomOpCounter",
     "SelectionError",
@@ -42,6 +60,7 @@ __all__ = [
     "Site",
     "SiteError",
     "State",
+    "StepDropout",
     "StrippedDropout",
     "SurgeryError",
     "SurgeryWarning",
@@ -51,6 +70,9 @@ __all__ = [
     "dropout_on",
     "find",
     "gate",
+    "mc_mean",
+    "mc_sample",
+    "mc_variance",
     "register_drop_path",
     "register_dropout_attribute",
     "register_eval_fast_path",
