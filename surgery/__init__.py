@@ -18,7 +18,9 @@ bool``, or a list of these.
 from __future__ import annotations
 
 from ._api import dropout_off, dropout_on, find, gate, restore, set_dropout, strip
+from ._bench import ThroughputReport, ThroughputRow, compare_throughput
 from ._errors import (
+    BenchmarkError,
     SelectionError,
     SiteError,
     SurgeryError,
@@ -45,6 +47,7 @@ from ._select import Selector
 from ._site import Mode, Site, State
 
 __all__ = [
+    "BenchmarkError",
     "ConstantDropout",
     "CosineDropout",
     "DepthDropout",
@@ -64,7 +67,10 @@ __all__ = [
     "StrippedDropout",
     "SurgeryError",
     "SurgeryWarning",
+    "ThroughputReport",
+    "ThroughputRow",
     "VerificationError",
+    "compare_throughput",
     "count_random_ops",
     "dropout_off",
     "dropout_on",
