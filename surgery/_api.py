@@ -10,18 +10,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from torch import nn
 
 from ._errors import SiteError
 from ._force import sync_forcing
-from ._gate import check_mode, check_p
+from ._gate import check_mode, check_p, kind_of
 from ._kinds import KINDS, kind_named
 from ._kinds.base import Undo
+from ._kinds.functional import FunctionalKind, call_path
+from ._kinds.unclassified import unclassified_site
+from ._observe import observe
 from ._select import Selector, select_sites
 from ._site import Mode, Site, State
-from ._tree import ModuleIndex
+from ._tree import ModuleIndex, qualname
+from ._warn import warn
 
 __all__ = [
     "dropout_off",
@@ -43,19 +47,26 @@ def find(
     select: Selector | None = None,
     *,
     exclude: Selector | None = None,
+    example_inputs: Any = None,
 ) -> list[Site]:
     """List the dropout sites of ``model``, in module order.
 
     Finds dropout modules (called or read for ``.p``), float dropout
-    attributes, and registered drop-path classes, in every state: original,
-    gated or stripped. Dropout written as a functional call with a literal
-    probability in forward code is not visible without running the model.
+    attributes, registered drop-path classes, and dropout functions called in
+    a module's ``forward``, in every state: original, gated or stripped.
+
+    With ``example_inputs`` it also runs one train-mode forward (the model,
+    its buffers and the global RNG state are left exactly as they were) and
+    reports what reading code cannot show: dropout called from helper
+    functions, and randomness that is not dropout (kind ``"unclassified"``).
 
     Args:
         model: The model to inspect. It is not changed.
         select: Which sites to return (see :mod:`surgery` for the selector
             language); ``None`` means all.
         exclude: Sites to leave out; wins over ``select``.
+        example_inputs: A tensor, a tuple of positional arguments or a dict of
+            keyword arguments to run the model on.
 
     Returns:
         One :class:`Site` per site.
@@ -69,7 +80,8 @@ def find(
         [('1', 'module', 0.1)]
     """
     _check_model(model)
-    return select_sites(_discover(ModuleIndex.build(model)), select, exclude)
+    index = ModuleIndex.build(model)
+    return select_sites(_discover(index, example_inputs), select, exclude)
 
 
 def strip(
@@ -77,12 +89,16 @@ def strip(
     select: Selector | None = None,
     *,
     exclude: Selector | None = None,
+    example_inputs: Any = None,
 ) -> M:
     """Make the selected sites drop nothing, in train mode too. In place.
 
     Dropout modules become :class:`StrippedDropout` (an ``nn.Identity`` that
     answers ``p == 0.0``); float attributes become ``0.0``. ``state_dict`` is
     unchanged and :func:`restore` undoes it.
+
+    ``example_inputs`` (as for :func:`find`) also reaches sites seen only at
+    run time.
 
     Returns:
         ``model`` itself, changed in place.
@@ -92,7 +108,7 @@ def strip(
         >>> strip(model)[1]
         StrippedDropout(stripped=Dropout)
     """
-    return _rewrite(model, select, exclude, _to_stripped)
+    return _rewrite(model, select, exclude, _to_stripped, example_inputs)
 
 
 def gate(
@@ -100,6 +116,7 @@ def gate(
     select: Selector | None = None,
     *,
     exclude: Selector | None = None,
+    example_inputs: Any = None,
 ) -> M:
     """Put the selected sites under a gate that follows ``training``. In place.
 
@@ -110,7 +127,7 @@ def gate(
     Returns:
         ``model`` itself, changed in place.
     """
-    return _rewrite(model, select, exclude, _to_gated)
+    return _rewrite(model, select, exclude, _to_gated, example_inputs)
 
 
 def restore(model: M, select: Selector | None = None) -> M:
@@ -131,6 +148,7 @@ def set_dropout(
     exclude: Selector | None = None,
     mode: Mode | None = None,
     p: float | None = None,
+    example_inputs: Any = None,
 ) -> M:
     """Set the mode and/or probability of the selected sites. In place.
 
@@ -156,7 +174,7 @@ def set_dropout(
     def to_configured(index: ModuleIndex, site: Site) -> list[Undo]:
         return _to_configured(index, site, checked_mode, checked_p)
 
-    return _rewrite(model, select, exclude, to_configured)
+    return _rewrite(model, select, exclude, to_configured, example_inputs)
 
 
 @contextmanager
@@ -215,10 +233,13 @@ def _rewrite(
     select: Selector | None,
     exclude: Selector | None,
     transition: Transition,
+    example_inputs: Any = None,
 ) -> M:
     _check_model(model)
     index = ModuleIndex.build(model)
-    chosen = select_sites(_discover(index), select, exclude)
+    chosen = select_sites(_discover(index, example_inputs), select, exclude)
+    if select is None:
+        chosen = _without_unclassified(chosen)
     undos: list[Undo] = []
     try:
         for site in chosen:
@@ -234,13 +255,66 @@ def _rewrite(
     return model
 
 
-def _discover(index: ModuleIndex) -> list[Site]:
+def _discover(index: ModuleIndex, example_inputs: Any = None) -> list[Site]:
+    sites = _static_sites(index)
+    if example_inputs is not None:
+        sites += _runtime_sites(index, sites, example_inputs)
+    return sites
+
+
+def _static_sites(index: ModuleIndex) -> list[Site]:
     claimed: set[int] = set()
     sites = [site for kind in KINDS for site in kind.discover(index, claimed)]
     order = {path: position for position, path in enumerate(index.modules)}
     return sorted(
         sites, key=lambda site: order.get(site.path, order.get(site.owner, 0))
     )
+
+
+def _runtime_sites(
+    index: ModuleIndex, known: list[Site], example_inputs: Any
+) -> list[Site]:
+    """What only a forward pass reveals: calls outside forward, other randomness."""
+    module_sites = [site.path for site in known if site.path in index.modules]
+    seen = observe(index.model, example_inputs, site_modules=module_sites)
+    known_paths = {path for site in known for path in site.paths}
+    owner_rates: dict[str, set[float]] = {}
+    for site in known:
+        if kind_named(site.kind).reads_through_owner:
+            owner_rates.setdefault(site.owner, set()).update({site.p, site.original_p})
+
+    functional = FunctionalKind()
+    found = []
+    for call in seen.calls:
+        module = index.modules.get(call.module)
+        if module is None or kind_of(module) is not None:
+            continue  # a gate's own kernel
+        if call.p in owner_rates.get(call.module, ()):
+            continue  # a float attribute or a module's .p passed on
+        if call_path(call.module, call.call) in known_paths:
+            continue
+        found.append(functional.observed_site(index, call.module, call.call, call.p))
+        known_paths.add(found[-1].path)
+    for random in seen.unclassified:
+        cls = (
+            qualname(index.modules[random.module])
+            if random.module in index.modules
+            else ""
+        )
+        found.append(unclassified_site(random.module, random.op, random.count, cls))
+    return found
+
+
+def _without_unclassified(sites: list[Site]) -> list[Site]:
+    """Drop randomness that is not dropout from an implicit "every site", loudly."""
+    left = [site for site in sites if site.kind == "unclassified"]
+    if left:
+        where = ", ".join(site.path for site in left)
+        warn(
+            f"{len(left)} random op site(s) are not dropout and were left as they "
+            f"are: {where}"
+        )
+    return [site for site in sites if site.kind != "unclassified"]
 
 
 def _to_original(index: ModuleIndex, site: Site) -> list[Undo]:

@@ -62,7 +62,7 @@ for _name in (
 
 def call_name(func: object) -> str | None:
     """The short name of a dropout function, or ``None`` for anything else."""
-    name = _FUNCTIONS.get(func)  # type: ignore[call-overload]  # any callable
+    name: str | None = _FUNCTIONS.get(func)  # type: ignore[call-overload]
     if name is not None:
         return name
     qualified = f"{getattr(func, '__module__', '')}.{getattr(func, '__name__', '')}"

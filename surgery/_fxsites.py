@@ -27,8 +27,8 @@ from ._calls import (
     read_probability,
 )
 from ._errors import SiteError
-from ._gate import GatedDropout
 from ._fx import trace_owner
+from ._gate import GatedDropout
 
 __all__ = ["FxRecord", "convert", "gate_of", "rebuild", "record_of"]
 

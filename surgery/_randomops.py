@@ -110,6 +110,11 @@ class RandomOpCounter(TorchDispatchMode):
         self._handles: list[RemovableHandle] = []
 
     @property
+    def current_module(self) -> str:
+        """Path of the innermost module of ``model`` running now (``""`` if none)."""
+        return self._stack[-1] if self._stack else ""
+
+    @property
     def count(self) -> int:
         """How many random ops ran."""
         return len(self.events)
@@ -143,8 +148,9 @@ class RandomOpCounter(TorchDispatchMode):
     ) -> Any:
         kwargs = kwargs or {}
         if is_random_op(func, args, kwargs):
-            where = self._stack[-1] if self._stack else ""
-            self.events.append(RandomEvent(str(func.overloadpacket), where))
+            self.events.append(
+                RandomEvent(str(func.overloadpacket), self.current_module)
+            )
         return func(*args, **kwargs)
 
     def _track(self, model: nn.Module) -> None:

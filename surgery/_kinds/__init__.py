@@ -13,6 +13,7 @@ from .drop_path import DropPathKind
 from .functional import FunctionalKind
 from .module import DropoutModuleKind
 from .read_p import ReadForPKind
+from .unclassified import UnclassifiedKind
 
 __all__ = ["KINDS", "kind_named", "register_kind"]
 
@@ -22,6 +23,7 @@ KINDS: list[SiteKind] = [
     DropoutModuleKind(),
     FloatAttributeKind(),
     FunctionalKind(),
+    UnclassifiedKind(),
 ]
 
 

@@ -16,6 +16,7 @@ Two mechanisms control calls, chosen per owner:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import weakref
 from collections.abc import Iterator
@@ -175,6 +176,21 @@ class FunctionalKind:
             module=original,
         )
 
+    def observed_site(
+        self, index: ModuleIndex, owner: str, call: str, p: float
+    ) -> Site:
+        """A call seen at run time that the forward source does not show."""
+        module = index.get(owner)
+        record = _intercept.record_of(module)
+        state = record.states.get(call) if record else None
+        site = self._from_state(index, owner, module, call, p, state)
+        if state is None:
+            mechanism = (
+                f"{EAGER} (found at run time, outside {type(module).__name__}.forward)"
+            )
+            return dataclasses.replace(site, mechanism=mechanism)
+        return site
+
     # -- rewrites --------------------------------------------------------------
 
     def strip(self, index: ModuleIndex, site: Site) -> Undo:
@@ -231,37 +247,39 @@ def _set_traced(
 ) -> Undo:
     converted_here = _fxsites.record_of(owner) is None
     module = _fxsites.convert(owner) if converted_here else owner
+    record = _fxsites.record_of(module)
+    if record is None or not isinstance(module, fx.GraphModule):
+        raise SiteError(f"{site.owner} holds no traced graph")
     if converted_here:
         replace_module(index, owner, module)
-    assert isinstance(module, fx.GraphModule)  # noqa: S101  # convert() returns one
-    record = _fxsites.record_of(module)
     call = _split(site)
     gate = _fxsites.gate_of(module, call)
-    before = (gate.mode, gate.rate, dict(gate.__dict__), set(record.stripped))  # type: ignore[union-attr]
+    before = (gate.mode, gate.rate, dict(gate.__dict__), set(record.stripped))
 
-    if state == "original":
+    record.stripped.discard(call)
+    if state == "stripped":
+        record.stripped.add(call)
+    elif state == "original":
         gate.mode, gate.rate = "train", site.original_p
         gate.__dict__["_surgery_untouched"] = True
-        record.stripped.discard(call)  # type: ignore[union-attr]
-    elif state == "stripped":
-        record.stripped.add(call)  # type: ignore[union-attr]
     else:
-        gate.mode, gate.rate = mode or "train", rate  # type: ignore[assignment]
+        gate.mode, gate.rate = mode or "train", rate
         gate.__dict__["_surgery_untouched"] = False
-        record.stripped.discard(call)  # type: ignore[union-attr]
     _fxsites.rebuild(module)
+
+    # With every call back as it was, the owner itself goes back.
     back_to_owner = _untouched(module)
     if back_to_owner:
-        replace_module(index, module, record.original)  # type: ignore[union-attr]
-        record.original.training = module.training  # type: ignore[union-attr]
+        replace_module(index, module, record.original)
+        record.original.training = module.training
 
     def undo() -> None:
         if back_to_owner:
-            replace_module(index, record.original, module)  # type: ignore[union-attr]
+            replace_module(index, record.original, module)
         gate.mode, gate.rate = before[0], before[1]
         gate.__dict__.update(before[2])
-        record.stripped.clear()  # type: ignore[union-attr]
-        record.stripped.update(before[3])  # type: ignore[union-attr]
+        record.stripped.clear()
+        record.stripped.update(before[3])
         _fxsites.rebuild(module)
         if converted_here:
             replace_module(index, module, owner)
@@ -283,7 +301,7 @@ def _set_intercepted(
     site: Site, owner: nn.Module, *, state: State, mode: Mode | None, rate: float
 ) -> Undo:
     record = _intercept.record_of(owner, create=True)
-    assert record is not None  # noqa: S101  # create=True always returns one
+    assert record is not None  # create=True always returns one
     call = _split(site)
     before = record.states.get(call)
     if state == "original":
@@ -294,7 +312,7 @@ def _set_intercepted(
 
     def undo() -> None:
         again = _intercept.record_of(owner, create=True)
-        assert again is not None  # noqa: S101
+        assert again is not None
         if before is None:
             again.states.pop(call, None)
         else:
