@@ -12,9 +12,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import torch
 from torch import nn
 
 from ._errors import SiteError
+from ._exported import find_exported, is_exported, rewrite_exported
 from ._force import sync_forcing
 from ._gate import check_mode, check_p, kind_of
 from ._kinds import KINDS, kind_named
@@ -39,7 +41,8 @@ __all__ = [
 
 logger = logging.getLogger("surgery")
 
-M = TypeVar("M", bound=nn.Module)
+# Every verb takes a module; strip, gate and set_dropout also an exported program.
+M = TypeVar("M", bound=nn.Module | torch.export.ExportedProgram)
 
 
 def find(
@@ -80,7 +83,9 @@ def find(
         [('1', 'module', 0.1)]
     """
     _check_model(model)
-    index = ModuleIndex.build(model)
+    if is_exported(model):
+        return select_sites(find_exported(model), select, exclude)
+    index = ModuleIndex.build(model)  # type: ignore[arg-type]  # not exported
     return select_sites(_discover(index, example_inputs), select, exclude)
 
 
@@ -100,6 +105,10 @@ def strip(
     ``example_inputs`` (as for :func:`find`) also reaches sites seen only at
     run time.
 
+    An ``ExportedProgram`` (or its ``GraphModule``) is rewritten in its aten
+    graph: dropout ops are removed, attention gets ``dropout_p=0.0`` and
+    drop-path's ``bernoulli`` arithmetic goes; the program's verifier runs after.
+
     Returns:
         ``model`` itself, changed in place.
 
@@ -108,6 +117,8 @@ def strip(
         >>> strip(model)[1]
         StrippedDropout(stripped=Dropout)
     """
+    if is_exported(model):
+        return _rewrite_exported(model, select, exclude, mode="off", p=None)
     return _rewrite(model, select, exclude, _to_stripped, example_inputs)
 
 
@@ -124,9 +135,15 @@ def gate(
     :func:`set_dropout` or the gates themselves to switch a site on or off or
     to change its probability. Sites already gated keep their settings.
 
+    An exported program's mode is frozen at export, so there every op already
+    behaves as it was exported: ``gate`` only checks the selection, and
+    :func:`set_dropout` with ``mode=``/``p=`` changes the ops themselves.
+
     Returns:
         ``model`` itself, changed in place.
     """
+    if is_exported(model):
+        return _rewrite_exported(model, select, exclude, mode="train", p=None)
     return _rewrite(model, select, exclude, _to_gated, example_inputs)
 
 
@@ -170,6 +187,9 @@ def set_dropout(
     checked_p = None if p is None else check_p(p)
     if checked_mode is None and checked_p is None:
         raise ValueError("set_dropout needs mode=, p= or both")
+
+    if is_exported(model):
+        return _rewrite_exported(model, select, exclude, mode=checked_mode, p=checked_p)
 
     def to_configured(index: ModuleIndex, site: Site) -> list[Undo]:
         return _to_configured(index, site, checked_mode, checked_p)
@@ -228,6 +248,19 @@ def _temporarily(
 Transition = Callable[[ModuleIndex, Site], list[Undo]]
 
 
+def _rewrite_exported(
+    program: M,
+    select: Selector | None,
+    exclude: Selector | None,
+    *,
+    mode: Mode | None,
+    p: float | None,
+) -> M:
+    chosen = select_sites(find_exported(program), select, exclude)
+    rewrite_exported(program, {site.path for site in chosen}, mode=mode, p=p)
+    return program
+
+
 def _rewrite(
     model: M,
     select: Selector | None,
@@ -236,7 +269,12 @@ def _rewrite(
     example_inputs: Any = None,
 ) -> M:
     _check_model(model)
-    index = ModuleIndex.build(model)
+    if is_exported(model):
+        raise SiteError(
+            "an exported program keeps no record of what a rewrite removed; "
+            "export the eager model again instead"
+        )
+    index = ModuleIndex.build(model)  # type: ignore[arg-type]  # not exported
     chosen = select_sites(_discover(index, example_inputs), select, exclude)
     if select is None:
         chosen = _without_unclassified(chosen)
@@ -374,7 +412,7 @@ def _guard(site: Site, step: Callable[[], Undo]) -> Undo:
 
 
 def _check_model(model: object) -> None:
-    if not isinstance(model, nn.Module):
+    if not isinstance(model, (nn.Module, torch.export.ExportedProgram)):
         raise TypeError(
             f"expected an nn.Module, got {type(model).__name__}; "
             "pass the model itself (for a compiled model, its ._orig_mod)"

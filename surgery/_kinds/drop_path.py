@@ -71,6 +71,11 @@ def register_drop_path(
     _REGISTRY[name] = DropPathSpec(p_attr, kernel)
 
 
+def is_drop_path_class(name: str) -> bool:
+    """True if ``name`` (``module.Class``) is a registered drop-path class."""
+    return name in _REGISTRY
+
+
 def spec_for(module: nn.Module) -> DropPathSpec | None:
     """The registered spec of ``module``'s class, or of its nearest base."""
     for position, klass in enumerate(type(module).__mro__):
