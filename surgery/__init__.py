@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from ._api import dropout_off, dropout_on, find, gate, restore, set_dropout, strip
 from ._bench import ThroughputReport, ThroughputRow, compare_throughput
+from ._compare import DEFAULT_TOLERANCES, LeafResult, Tolerance
 from ._errors import (
     BenchmarkError,
     SelectionError,
@@ -45,16 +46,21 @@ from ._schedule import (
 )
 from ._select import Selector
 from ._site import Mode, Site, State
+from ._verify import verify
+from ._verify_report import Claim, VerificationReport
 
 __all__ = [
     "BenchmarkError",
+    "Claim",
     "ConstantDropout",
     "CosineDropout",
+    "DEFAULT_TOLERANCES",
     "DepthDropout",
     "DropoutSchedule",
     "EarlyDropout",
     "GatedDropout",
     "LateDropout",
+    "LeafResult",
     "LinearDropout",
     "Mode",
     "RandomOpCounter",
@@ -69,7 +75,9 @@ __all__ = [
     "SurgeryWarning",
     "ThroughputReport",
     "ThroughputRow",
+    "Tolerance",
     "VerificationError",
+    "VerificationReport",
     "compare_throughput",
     "count_random_ops",
     "dropout_off",
@@ -85,5 +93,6 @@ __all__ = [
     "restore",
     "set_dropout",
     "strip",
+    "verify",
 ]
 __version__ = "0.1.0"

@@ -327,6 +327,8 @@ def _runtime_sites(
         module = index.modules.get(call.module)
         if module is None or kind_of(module) is not None:
             continue  # a gate's own kernel
+        if any(_within(call.module, path) for path in module_sites):
+            continue  # a dropout module's own forward
         if call.p in owner_rates.get(call.module, ()):
             continue  # a float attribute or a module's .p passed on
         if call_path(call.module, call.call) in known_paths:
@@ -341,6 +343,10 @@ def _runtime_sites(
         )
         found.append(unclassified_site(random.module, random.op, random.count, cls))
     return found
+
+
+def _within(path: str, ancestor: str) -> bool:
+    return path == ancestor or path.startswith(ancestor + ".")
 
 
 def _without_unclassified(sites: list[Site]) -> list[Site]:

@@ -98,7 +98,9 @@ def _call_under(
 
 
 def _owner_pre_hook(module: nn.Module, args: Any) -> None:
-    record: InterceptRecord = module.__dict__[_RECORD]
+    record: InterceptRecord | None = module.__dict__.get(_RECORD)
+    if record is None:
+        return
     record.counts.clear()
     mode = _Interceptor(record)
     mode.__enter__()

@@ -136,7 +136,7 @@ def observe(
 
 
 def _within(module: str, sites: tuple[str, ...]) -> bool:
-    return any(module == site or module.startswith(site + ".") for site in sites)
+    return any(module == site or module.startswith(f"{site}.") for site in sites)
 
 
 @contextmanager
