@@ -50,11 +50,11 @@ from ._verify import verify
 from ._verify_report import Claim, VerificationReport
 
 __all__ = [
+    "DEFAULT_TOLERANCES",
     "BenchmarkError",
     "Claim",
     "ConstantDropout",
     "CosineDropout",
-    "DEFAULT_TOLERANCES",
     "DepthDropout",
     "DropoutSchedule",
     "EarlyDropout",
