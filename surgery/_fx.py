@@ -89,7 +89,9 @@ def _carry_over(owner: nn.Module, module: fx.GraphModule) -> None:
         module._buffers[name] = buffer
     module._non_persistent_buffers_set = set(owner._non_persistent_buffers_set)
     for name, value in vars(owner).items():
-        if not name.startswith("_") and name not in module.__dict__:
+        # Plain attributes, and surgery's own records of the owner's other sites.
+        public = not name.startswith("_") and name not in module.__dict__
+        if public or name.startswith("_surgery_"):
             module.__dict__[name] = value
     for name in ("_forward_hooks", "_forward_pre_hooks", "_state_dict_hooks"):
         if name in owner.__dict__:

@@ -43,10 +43,16 @@ class CallState:
 class InterceptRecord:
     """The calls of one owner under control, and the live counters of a forward."""
 
+    owner: nn.Module
     states: dict[str, CallState] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     suspended: int = 0
     active: list[TorchFunctionMode] = field(default_factory=list)
+
+
+# The records of the owners whose forward is running, innermost last. A module
+# that starts running inside one of them suspends every record but its own.
+_RUNNING: list[InterceptRecord] = []
 
 
 class _Interceptor(TorchFunctionMode):
@@ -102,41 +108,50 @@ def _owner_pre_hook(module: nn.Module, args: Any) -> None:
     if record is None:
         return
     record.counts.clear()
+    record.suspended = 0
     mode = _Interceptor(record)
     mode.__enter__()
     record.active.append(mode)
+    _RUNNING.append(record)
 
 
 def _owner_post_hook(module: nn.Module, args: Any, output: Any) -> None:
     record: InterceptRecord | None = module.__dict__.get(_RECORD)
     if record is not None and record.active:
         record.active.pop().__exit__(None, None, None)
+        if record in _RUNNING:
+            _RUNNING.remove(record)
 
 
 def _child_pre_hook(module: nn.Module, args: Any) -> None:
-    for record in module.__dict__.get(_SUSPENDS, ()):
-        record.suspended += 1
+    for record in _RUNNING:
+        if record.owner is not module:
+            record.suspended += 1
 
 
 def _child_post_hook(module: nn.Module, args: Any, output: Any) -> None:
-    for record in module.__dict__.get(_SUSPENDS, ()):
-        record.suspended -= 1
+    for record in _RUNNING:
+        if record.owner is not module:
+            record.suspended -= 1
 
 
 def record_of(owner: nn.Module, *, create: bool = False) -> InterceptRecord | None:
     """The owner's record, installing the interception on first use if asked."""
     record: InterceptRecord | None = owner.__dict__.get(_RECORD)
     if record is None and create:
-        record = InterceptRecord()
+        record = InterceptRecord(owner)
         owner.__dict__[_RECORD] = record
         owner.register_forward_pre_hook(_owner_pre_hook)
         owner.register_forward_hook(_owner_post_hook, always_call=True)
         for child in owner.children():
-            suspends = child.__dict__.setdefault(_SUSPENDS, [])
-            if not suspends:
+            # Counted so a child shared by two owners keeps its hooks until
+            # both are done. The hooks travel with the child's hook dicts
+            # when surgery replaces it.
+            users = child.__dict__.get(_SUSPENDS, 0)
+            if not users:
                 child.register_forward_pre_hook(_child_pre_hook)
                 child.register_forward_hook(_child_post_hook, always_call=True)
-            suspends.append(record)
+            child.__dict__[_SUSPENDS] = users + 1
     return record
 
 
@@ -148,11 +163,10 @@ def uninstall_if_idle(owner: nn.Module) -> None:
     del owner.__dict__[_RECORD]
     _remove_hooks(owner, _owner_pre_hook, _owner_post_hook)
     for child in owner.children():
-        suspends = child.__dict__.get(_SUSPENDS, [])
-        if record in suspends:
-            suspends.remove(record)
-        if not suspends:
-            child.__dict__.pop(_SUSPENDS, None)
+        users = child.__dict__.pop(_SUSPENDS, 1) - 1
+        if users > 0:
+            child.__dict__[_SUSPENDS] = users
+        else:
             _remove_hooks(child, _child_pre_hook, _child_post_hook)
 
 
