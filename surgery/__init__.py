@@ -22,6 +22,7 @@ from ._bench import ThroughputReport, ThroughputRow, compare_throughput
 from ._compare import DEFAULT_TOLERANCES, LeafResult, Tolerance
 from ._errors import (
     BenchmarkError,
+    RecipeError,
     SelectionError,
     SiteError,
     SurgeryError,
@@ -34,6 +35,7 @@ from ._kinds.attribute import register_dropout_attribute
 from ._kinds.drop_path import register_drop_path
 from ._mc import mc_mean, mc_sample, mc_variance
 from ._randomops import RandomOpCounter, count_random_ops
+from ._recipe import Recipe, RecipeResult, RecipeStep, StepOutcome, apply_recipe
 from ._schedule import (
     ConstantDropout,
     CosineDropout,
@@ -64,12 +66,17 @@ __all__ = [
     "LinearDropout",
     "Mode",
     "RandomOpCounter",
+    "Recipe",
+    "RecipeError",
+    "RecipeResult",
+    "RecipeStep",
     "SelectionError",
     "Selector",
     "Site",
     "SiteError",
     "State",
     "StepDropout",
+    "StepOutcome",
     "StrippedDropout",
     "SurgeryError",
     "SurgeryWarning",
@@ -78,6 +85,7 @@ __all__ = [
     "Tolerance",
     "VerificationError",
     "VerificationReport",
+    "apply_recipe",
     "compare_throughput",
     "count_random_ops",
     "dropout_off",

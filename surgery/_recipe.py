@@ -31,6 +31,7 @@ what to export to. The same file runs from the command line
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -368,8 +369,10 @@ def _run_step(
             return StepOutcome(step, _paths(chosen)), model
         if step.action == "gate":
             chosen = _api.find(model, select, exclude=exclude)
-            model = _api.gate(model, select, exclude=exclude)
-            if step.mode is not None or step.p is not None:
+            if step.mode is None and step.p is None:
+                model = _api.gate(model, select, exclude=exclude)
+            else:
+                # set_dropout gates what is not gated yet, then sets mode and p.
                 model = _api.set_dropout(
                     model, select, exclude=exclude, mode=step.mode, p=step.p
                 )
@@ -445,17 +448,13 @@ def export_step(
 ) -> Path:
     """Run :func:`surgery.export` on an already rewritten model."""
     try:
-        from ._export import export
+        export = importlib.import_module("._export", __package__).export
     except ImportError:
         raise SurgeryError(
             "export is not available in this version of surgery"
         ) from None
-    export(model, args, output, format=format, **_kwargs_argument(kwargs))
+    export(model, _one_input_value(args, kwargs), output, format=format)
     return Path(output)
-
-
-def _kwargs_argument(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {"example_kwargs": kwargs} if kwargs else {}
 
 
 def _example_inputs(

@@ -43,6 +43,7 @@ FILE for its state_dict or safetensors).
 
 
 @click.group(
+    name="surgery",
     cls=SurgeryGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="""\b
@@ -552,10 +553,10 @@ def _apply_verb(
     _check_rewritable(loaded)
     if action == "strip":
         return _api.strip(model, chosen, exclude=left_out)
-    model = _api.gate(model, chosen, exclude=left_out)
-    if mode is not None or p is not None:
-        model = _api.set_dropout(model, chosen, exclude=left_out, mode=mode, p=p)
-    return model
+    if mode is None and p is None:
+        return _api.gate(model, chosen, exclude=left_out)
+    # set_dropout gates what is not gated yet, then sets mode and p.
+    return _api.set_dropout(model, chosen, exclude=left_out, mode=mode, p=p)
 
 
 def _check_rewritable(loaded: LoadedModel) -> None:

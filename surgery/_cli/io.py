@@ -7,7 +7,6 @@ failure leaves nothing behind.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageProblem
+from .render import as_json
 
 __all__ = ["atomic_path", "check_output", "write_json"]
 
@@ -91,7 +91,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
 def write_json(target: Path, payload: Any) -> None:
     """Write ``payload`` as indented JSON to ``target``, atomically."""
     with atomic_path(target) as temporary:
-        temporary.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        temporary.write_text(as_json(payload) + "\n")
 
 
 def _fsync(path: Path) -> None:

@@ -24,7 +24,8 @@ import pickle
 import re
 import sys
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -182,9 +183,12 @@ def _load_folder(path: Path, source: str) -> LoadedModel:
         ) from None
 
     try:
-        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-        model_class = _architecture(transformers, config)
-        model = model_class.from_pretrained(path, local_files_only=True)
+        with _quiet_progress(transformers):
+            config = transformers.AutoConfig.from_pretrained(
+                path, local_files_only=True
+            )
+            model_class = _architecture(transformers, config)
+            model = model_class.from_pretrained(path, local_files_only=True)
     except Exception as error:
         raise LoadProblem(f"MODEL {source}: {_brief(error)}") from None
 
@@ -193,6 +197,19 @@ def _load_folder(path: Path, source: str) -> LoadedModel:
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
     return LoadedModel(model, "transformers", source, (path,))
+
+
+@contextmanager
+def _quiet_progress(transformers: Any) -> Iterator[None]:
+    """No loading bars from transformers: the command draws its own."""
+    bars = transformers.utils.logging
+    enabled = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            bars.enable_progress_bar()
 
 
 def _architecture(transformers: Any, config: Any) -> Any:

@@ -7,6 +7,7 @@ Results go to stdout; progress, warnings and errors go to stderr, so
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["Screen"]
+__all__ = ["Screen", "as_json"]
 
 
 class Screen:
@@ -77,7 +78,7 @@ class Screen:
 
     def json(self, payload: Any) -> None:
         """The machine-readable result: one JSON document on stdout."""
-        print(json.dumps(payload, indent=2, default=str), file=self.out)
+        print(as_json(payload), file=self.out)
 
     @contextmanager
     def progress(self, label: str) -> Iterator[None]:
@@ -88,6 +89,21 @@ class Screen:
         with self._err_console.status(label):
             yield
         self._err_console.print(f"[green]done[/green] {label}", highlight=False)
+
+
+def as_json(payload: Any) -> str:
+    """Strict JSON (no NaN or Infinity, which many readers reject)."""
+    return json.dumps(_finite(payload), indent=2, default=str, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _is_terminal(stream: TextIO) -> bool:
