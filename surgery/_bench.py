@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("surgery")
+
+T = TypeVar("T")
 
 Variant = Literal[
     "train", "eval", "p0_loop", "strip", "gate_train", "gate_on", "gate_off"
@@ -301,9 +303,10 @@ def compare_throughput(
     args = _map_tensors(tuple(args), lambda t: _cast(t, target, dtype))
     kwargs = _map_tensors(kwargs, lambda t: _cast(t, target, dtype))
     cuda = [target] if target.type == "cuda" else []
+    random_ops: dict[str, int] | None = {} if count_random else None
     with torch.random.fork_rng(devices=cuda), torch.no_grad(), _room_to_compile():
         plans = [
-            _plan(base, name, compiled, args, kwargs, count_random, backend)
+            _plan(base, name, compiled, args, kwargs, random_ops, backend)
             for compiled in ((False, True) if compile else (False,))
             for name in chosen
         ]
@@ -333,13 +336,12 @@ class _Plan:
         compiled: bool,
         run: Callable[[], object],
         counter: _CountingBackend | None,
-        random_ops: int | None,
     ) -> None:
         self.name = name
         self.compiled = compiled
         self.run = run
         self.counter = counter
-        self.random_ops = random_ops
+        self.random_ops: int | None = None
         self.graphs = 0
         self.times: list[float] = []
 
@@ -357,8 +359,13 @@ class _Plan:
             )
 
     def call(self) -> None:
+        """Run one forward."""
+        self.guarded(self.run)
+
+    def guarded(self, step: Callable[[], T]) -> T:
+        """Run ``step``; if it fails, say which variant failed and how."""
         try:
-            self.run()
+            return step()
         except BenchmarkError:
             raise
         except Exception as error:
@@ -380,17 +387,13 @@ def _plan(
     compiled: bool,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    count_random: bool,
+    random_ops: dict[str, int] | None,
     backend: str,
 ) -> _Plan:
     recipe = _RECIPES[name]
     variant = _share_parameters_copy(base)
     recipe.prepare(variant)
     variant.train(recipe.training)
-    random_ops = None
-    if count_random:
-        random_ops = count_random_ops(variant, *args, **kwargs).count
-
     counter = _CountingBackend(backend) if compiled else None
     runner: Callable[..., object] = variant
     if counter is not None:
@@ -399,8 +402,17 @@ def _plan(
     def run() -> object:
         return runner(*args, **kwargs)
 
+    plan = _Plan(name, compiled, run, counter)
+    if random_ops is not None:
+        # Counted eagerly, in the variant's own mode, once per variant: the
+        # ground truth for what it really draws, whatever its modules claim.
+        if name not in random_ops:
+            random_ops[name] = plan.guarded(
+                lambda: count_random_ops(variant, *args, **kwargs).count
+            )
+        plan.random_ops = random_ops[name]
     logger.debug("benchmark variant %s prepared (compiled=%s)", name, compiled)
-    return _Plan(name, compiled, run, counter, random_ops)
+    return plan
 
 
 def _time_in_rounds(
