@@ -50,11 +50,6 @@ from ._kinds.base import Undo
 from ._site import Mode, Site
 from ._tree import ModuleIndex
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
-
 __all__ = ["Recipe", "RecipeResult", "RecipeStep", "StepOutcome", "apply_recipe"]
 
 Action = Literal["strip", "gate", "verify", "export"]
@@ -193,6 +188,7 @@ class Recipe:
     @classmethod
     def from_toml(cls, text: str, *, source: str = "<recipe>") -> Recipe:
         """Parse and check a recipe from TOML text."""
+        tomllib = _toml_reader()
         try:
             table = tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
@@ -492,6 +488,23 @@ def _put_back(model: nn.Module, before: Sequence[Site]) -> None:
 
     if then:
         _api._rewrite(model, lambda path, _: path in then, None, back)
+
+
+def _toml_reader() -> Any:
+    """tomllib, or on Python 3.10 its backport tomli, imported when first needed."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib
+    else:  # pragma: no cover - Python 3.10 only
+        try:
+            import tomli
+        except ImportError:
+            raise RecipeError(
+                "reading a recipe on Python 3.10 needs tomli: "
+                "pip install 'torch-surgery[cli]'"
+            ) from None
+        return tomli
 
 
 def _step_from_table(raw: object, where: str) -> RecipeStep:
