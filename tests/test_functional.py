@@ -259,7 +259,8 @@ def test_every_dropout_function(name: str, traceable: bool) -> None:
     assert surgery.find(model) == []
 
     sites = surgery.find(model, example_inputs=x)
-    assert len(sites) == 1 and sites[0].kind == "functional"
+    assert len(sites) == 1
+    assert sites[0].kind == "functional"
 
     surgery.gate(model, example_inputs=x)
     torch.manual_seed(1)
