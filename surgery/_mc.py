@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ._api import dropout_off, dropout_on, find
 from ._errors import SelectionError, SurgeryError
 from ._select import Selector
+from ._tree import ModuleIndex, replace_module
 
 __all__ = ["Inputs", "mc_mean", "mc_sample", "mc_variance"]
 
@@ -50,7 +51,7 @@ def mc_sample(
     probability) and the CPU and accelerator random generators are as they
     were, so the same call twice gives the same samples: pass ``seed`` to
     draw different ones. A selected site that was stripped drops with its
-    original probability while sampling.
+    original probability while sampling, and is stripped again afterwards.
 
     Args:
         model: The model; it is changed only while the call runs.
@@ -219,7 +220,12 @@ def _sampling(
     devices: tuple[str, list[int]],
 ) -> Iterator[None]:
     """Eval mode, chosen sites on, other sites off, no autograd, RNG forked."""
-    flags = [(module, module.training) for module in model.modules()]
+    flags = {path: module.training for path, module in model.named_modules()}
+    stand_ins = {
+        site.path: model.get_submodule(site.path)
+        for site in chosen
+        if site.state == "stripped" and site.kind != "attribute"
+    }
     paths = {site.path for site in chosen}
     others = {
         site.path
@@ -241,10 +247,22 @@ def _sampling(
                 stack.enter_context(dropout_off(model, lambda path, _: path in others))
             yield
     finally:
-        # Last, after the sites are back: restore() copies a gate's flag onto
-        # the module it puts back, and that module was in eval mode too.
-        for module, training in flags:
-            module.training = training
+        _reinstall(model, stand_ins)
+        # Last, after the sites are back: putting a site back copies the
+        # eval-mode flag of its gate onto the module it restores.
+        for path, module in model.named_modules():
+            module.training = flags.get(path, module.training)
+
+
+def _reinstall(model: nn.Module, stand_ins: Mapping[str, nn.Module]) -> None:
+    """Put back the very stripped stand-ins that sampling replaced by new ones."""
+    if not stand_ins:
+        return
+    index = ModuleIndex.build(model)
+    for path, old in stand_ins.items():
+        new = index.get(path)
+        if new is not old and type(new) is type(old):
+            replace_module(index, new, old)
 
 
 def _devices(model: nn.Module, inputs: Inputs) -> tuple[str, list[int]]:
