@@ -14,7 +14,6 @@ when any site inside them is "on". :func:`register_eval_fast_path` adds more.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,12 +39,13 @@ def register_eval_fast_path(cls: type[nn.Module] | str) -> None:
 @dataclass
 class _ForceRecord:
     holds: list[Hold] = field(default_factory=list)
+    armed: bool = False
     forcing: bool = False
 
 
 def _pre_hook(module: nn.Module, args: Any) -> None:
     record: _ForceRecord = module.__dict__[_RECORD]
-    if module.training:
+    if not record.armed or module.training:
         return
     module.training = True
     record.forcing = True
@@ -75,20 +75,29 @@ def _forced_paths(index: ModuleIndex, site: Site) -> list[str]:
 
 
 def sync_forcing(index: ModuleIndex, sites: Sequence[Site]) -> Undo:
-    """Install the hooks that "on" sites need, and remove those no longer needed."""
-    wanted: dict[str, list[Site]] = defaultdict(list)
+    """Install the hooks gated sites may need; arm those of "on" sites.
+
+    An owner keeps its hooks, disarmed, while its gated sites are in "train"
+    or "off" mode, and the hook objects stay the same: torch.compile guards
+    on a module's hooks and on the objects they read, so adding and removing
+    them at every toggle would recompile every time.
+    """
+    armed: set[str] = set()
+    gated: set[str] = set()
     for site in sites:
-        if site.state == "gated" and site.mode == "on":
-            for path in _forced_paths(index, site):
-                wanted[path].append(site)
+        if site.state != "gated":
+            continue
+        for path in _forced_paths(index, site):
+            gated.add(path)
+            if site.mode == "on":
+                armed.add(path)
 
     undos: list[Undo] = []
     for path, module in index:
-        had = module.__dict__.get(_RECORD)
-        if path in wanted:
+        if path in gated:
             holds = _holds_for(index, path, sites)
-            undos.append(_install(module, holds))
-        elif had is not None:
+            undos.append(_install(module, holds, armed=path in armed))
+        elif _RECORD in module.__dict__:
             undos.append(_remove(module))
 
     def undo() -> None:
@@ -112,24 +121,40 @@ def _holds_for(index: ModuleIndex, path: str, sites: Sequence[Site]) -> list[Hol
     return holds
 
 
-def _install(module: nn.Module, holds: list[Hold]) -> Undo:
-    before = module.__dict__.get(_RECORD)
-    if before is None:
-        module.register_forward_pre_hook(_pre_hook)
-        module.register_forward_hook(_post_hook, always_call=True)
-    module.__dict__[_RECORD] = _ForceRecord(holds)
+def _install(module: nn.Module, holds: list[Hold], *, armed: bool) -> Undo:
+    record: _ForceRecord | None = module.__dict__.get(_RECORD)
+    if record is None:
+        record = _ForceRecord()
+        _attach(module, record)
+        created = True
+    else:
+        created = False
+    before_holds, before_armed = list(record.holds), record.armed
+
+    # Keep the hold objects that are still wanted, and the list itself.
+    record.holds[:] = [
+        next((old for old in before_holds if old == hold), hold) for hold in holds
+    ]
+    record.armed = armed
 
     def undo() -> None:
-        if before is None:
+        if created:
             _remove(module)
         else:
-            module.__dict__[_RECORD] = before
+            record.holds[:] = before_holds
+            record.armed = before_armed
 
     return undo
 
 
+def _attach(module: nn.Module, record: _ForceRecord) -> None:
+    module.__dict__[_RECORD] = record
+    module.register_forward_pre_hook(_pre_hook)
+    module.register_forward_hook(_post_hook, always_call=True)
+
+
 def _remove(module: nn.Module) -> Undo:
-    before = module.__dict__.pop(_RECORD, None)
+    record: _ForceRecord | None = module.__dict__.pop(_RECORD, None)
     for hooks, fn in (
         (module._forward_pre_hooks, _pre_hook),
         (module._forward_hooks, _post_hook),
@@ -139,7 +164,7 @@ def _remove(module: nn.Module) -> Undo:
             module._forward_hooks_always_called.pop(key, None)
 
     def undo() -> None:
-        if before is not None:
-            _install(module, before.holds)
+        if record is not None:
+            _attach(module, record)
 
     return undo

@@ -169,8 +169,9 @@ class _Attention(nn.Module):
             .view(batch, length, 3, self.heads, dim // self.heads)
             .permute(2, 0, 3, 1, 4)
         )
-        p = self.attn_dropout.p if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.attn_dropout.p if self.training else 0.0
+        )
         out = out.transpose(1, 2).reshape(batch, length, dim)
         return F.dropout(out, self.hidden_dropout, self.training)
 

@@ -14,7 +14,7 @@ step fails, so a rewrite either happens in full or not at all.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from torch import nn
@@ -87,7 +87,8 @@ class HoldAttribute:
 
     owner: nn.Module
     name: str
-    saved: float = 0.0
+    # Not part of equality: two holds on the same attribute are the same hold.
+    saved: float = field(default=0.0, compare=False)
 
     def apply(self) -> None:
         self.saved = getattr(self.owner, self.name)
