@@ -82,17 +82,39 @@ class _CallRecorder(TorchFunctionMode):
         kwargs = kwargs or {}
         name = call_name(func)
         if name is None:
+            if _drops_inside(func, kwargs):
+                return self._attribute_inside(func, args, kwargs)
             return func(*args, **kwargs)
         module = self.counter.current_module
         index = self._counts.get((module, name), 0)
         self._counts[(module, name)] = index + 1
         p = read_probability(name, args, kwargs)
         self.calls.append(ObservedCall(module, f"{name}#{index}", _as_float(p)))
+        return self._attribute_inside(func, args, kwargs)
+
+    def _attribute_inside(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Run ``func``; the random ops it runs are dropout."""
         before = len(self.counter.events)
         try:
             return func(*args, **kwargs)
         finally:
             self.inside.update(range(before, len(self.counter.events)))
+
+
+# Functions that apply dropout inside, with the probability of a float
+# attribute site (nn.LSTM.dropout, nn.MultiheadAttention.dropout): their random
+# ops are dropout, though they are no call site of their own.
+_DROPPING_FUNCTIONS = frozenset(
+    {"lstm", "gru", "rnn_tanh", "rnn_relu", "multi_head_attention_forward"}
+)
+
+
+def _drops_inside(func: Callable[..., Any], kwargs: dict[str, Any]) -> bool:
+    if getattr(func, "__name__", "") in _DROPPING_FUNCTIONS:
+        return True
+    return bool(kwargs.get("dropout_p") or kwargs.get("dropout"))
 
 
 def _as_float(value: Any) -> float:
