@@ -311,7 +311,7 @@ def compare_throughput(
             for name in chosen
         ]
         for plan in plans:
-            plan.warm_up(warmup)
+            plan.warm_up(warmup, target)
         _time_in_rounds(plans, target, seconds=seconds, rounds=rounds)
 
     rows = tuple(_row(plan, plans, size) for plan in plans)
@@ -343,11 +343,14 @@ class _Plan:
         self.counter = counter
         self.random_ops: int | None = None
         self.graphs = 0
+        self.estimate = 0.0
         self.times: list[float] = []
 
-    def warm_up(self, count: int) -> None:
-        for _ in range(count):
+    def warm_up(self, count: int, device: torch.device) -> None:
+        for _ in range(count - 1):
             self.call()
+        # The last warm-up forward is timed, to size the chunks of the rounds.
+        self.estimate = _timed(self, device, 1)
         if self.counter is None:
             return
         self.graphs = self.counter.graphs
@@ -418,11 +421,10 @@ def _plan(
 def _time_in_rounds(
     plans: list[_Plan], device: torch.device, *, seconds: float, rounds: int
 ) -> None:
-    # One timed call each first, to size the chunks: a chunk of repeated
-    # forwards keeps timer and synchronisation overhead out of fast models.
-    estimates = [_timed(plan, device, 1) for plan in plans]
+    # A chunk of repeated forwards keeps timer and synchronisation overhead
+    # out of fast models; its length comes from the last warm-up forward.
     chunk = seconds / (rounds * len(plans))
-    repeats = [max(1, round(chunk / max(estimate, 1e-9))) for estimate in estimates]
+    repeats = [max(1, round(chunk / max(plan.estimate, 1e-9))) for plan in plans]
 
     for round_number in range(rounds):
         # Rotate the order so no variant always runs first or last.
