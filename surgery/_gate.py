@@ -290,10 +290,10 @@ class StrippedDropout(nn.Identity):
 
     It is an ``nn.Identity`` so that ``isinstance`` checks in other libraries
     still see one, and it answers ``p == 0.0`` and ``drop_prob == 0.0`` so that
-    model code reading the probability sees that nothing is dropped.
+    model code reading the probability sees that nothing is dropped. Both
+    properties compile under ``torch.jit.script``, so a scripted owner that
+    reads ``.p`` gets the constant ``0.0``.
     """
-
-    __jit_unused_properties__: Final = ["p", "drop_prob"]
 
     @property
     def p(self) -> float:

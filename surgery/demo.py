@@ -60,6 +60,7 @@ class _Attention(nn.Module):
             self.qkv(x)
             .view(batch, length, 3, self.heads, dim // self.heads)
             .permute(2, 0, 3, 1, 4)
+            .unbind(0)
         )
         out = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.attn_dropout.p if self.training else 0.0
