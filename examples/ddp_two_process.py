@@ -33,6 +33,7 @@ def settings(model: torch.nn.Module) -> list[tuple[str, str | None, float]]:
 
 
 def worker(rank: int, world: int, port: int, checkpoint: str) -> None:
+    torch.set_num_threads(1)  # two processes share the CPU cores
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )

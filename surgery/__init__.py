@@ -22,6 +22,7 @@ from ._bench import ThroughputReport, ThroughputRow, compare_throughput
 from ._compare import DEFAULT_TOLERANCES, LeafResult, Tolerance
 from ._errors import (
     BenchmarkError,
+    ExportError,
     RecipeError,
     SelectionError,
     SiteError,
@@ -29,12 +30,14 @@ from ._errors import (
     SurgeryWarning,
     VerificationError,
 )
+from ._export import ExportResult, export
 from ._force import register_eval_fast_path
 from ._gate import GatedDropout, StrippedDropout
 from ._kinds.attribute import register_dropout_attribute
 from ._kinds.drop_path import register_drop_path
 from ._mc import mc_mean, mc_sample, mc_variance
 from ._randomops import RandomOpCounter, count_random_ops
+from ._ready import RandomOp, check_export_ready
 from ._recipe import Recipe, RecipeResult, RecipeStep, StepOutcome, apply_recipe
 from ._schedule import (
     ConstantDropout,
@@ -60,11 +63,14 @@ __all__ = [
     "DepthDropout",
     "DropoutSchedule",
     "EarlyDropout",
+    "ExportError",
+    "ExportResult",
     "GatedDropout",
     "LateDropout",
     "LeafResult",
     "LinearDropout",
     "Mode",
+    "RandomOp",
     "RandomOpCounter",
     "Recipe",
     "RecipeError",
@@ -86,10 +92,12 @@ __all__ = [
     "VerificationError",
     "VerificationReport",
     "apply_recipe",
+    "check_export_ready",
     "compare_throughput",
     "count_random_ops",
     "dropout_off",
     "dropout_on",
+    "export",
     "find",
     "gate",
     "mc_mean",
