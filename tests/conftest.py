@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -15,3 +16,8 @@ def _seeded() -> Iterator[None]:
     torch.manual_seed(0)
     yield
     torch.random.set_rng_state(state)
+
+
+# The vision zoo needs timm and torchvision, a multi-GB install: it runs only
+# through its own command (see the README), never in the default test run.
+collect_ignore = [] if os.environ.get("SURGERY_ZOO") == "1" else ["zoo"]
