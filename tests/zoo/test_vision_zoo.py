@@ -54,7 +54,7 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
             stochastic_depth_prob=0.2,
             dropout=0.1,
             attention_dropout=0.1,
-        )  # fmt: skip
+        )
     ),
 }
 
