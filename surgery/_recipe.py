@@ -153,6 +153,7 @@ class Recipe:
             raise RecipeError(
                 f"{self.source}: export must be the last step, and only one"
             )
+        _check_verify_order(self.steps, self.source)
         for text in self.inputs:
             try:
                 InputSpec.parse(text)
@@ -237,6 +238,7 @@ class StepOutcome:
     sites: tuple[str, ...] = ()
     report: Any = None
     output: Path | None = None
+    exported: Any = None
 
     @property
     def passed(self) -> bool:
@@ -379,8 +381,8 @@ def _run_step(
             )
             return StepOutcome(step, report=report), model
         # Recipe checks that an export is last and apply_recipe that it has an output.
-        path = export_step(model, args, kwargs, output or "", step.format or "pt2")
-        return StepOutcome(step, output=path), model
+        exported = export_step(model, args, kwargs, output or "", step.format or "pt2")
+        return StepOutcome(step, output=Path(output or ""), exported=exported), model
     except VerificationError:
         raise
     except SurgeryError as error:
@@ -441,16 +443,44 @@ def export_step(
     kwargs: dict[str, Any],
     output: str | os.PathLike[str],
     format: ExportFormat,
-) -> Path:
-    """Run :func:`surgery.export` on an already rewritten model."""
+    *,
+    strip: bool = False,
+    script: bool = False,
+    allow_random: bool | None = None,
+) -> Any:
+    """Run :func:`surgery.export` on a model the steps before have rewritten.
+
+    By default the sites export as the steps left them (``strip=False``).
+    Random ops in the artifact are refused when every site is stripped or
+    off (one left would be a site surgery missed) and allowed otherwise
+    (the steps chose to keep some dropout).
+    """
     try:
         export = importlib.import_module("._export", __package__).export
     except ImportError:
         raise SurgeryError(
             "export is not available in this version of surgery"
         ) from None
-    export(model, _one_input_value(args, kwargs), output, format=format)
-    return Path(output)
+    if allow_random is None:
+        allow_random = not strip and _still_drops(model)
+    return export(
+        model,
+        tuple(args),
+        output,
+        example_kwargs=kwargs or None,
+        format=format,
+        strip=strip,
+        script=script,
+        allow_random=allow_random,
+    )
+
+
+def _still_drops(model: nn.Module) -> bool:
+    """Whether any site of ``model`` may still drop (not stripped, not off)."""
+    return any(
+        site.p > 0 and (site.state == "original" or site.mode in ("train", "on"))
+        for site in _api.find(model)
+    )
 
 
 def _example_inputs(
@@ -545,6 +575,20 @@ def _step_from_table(raw: object, where: str) -> RecipeStep:
         return RecipeStep(action, **values)
     except RecipeError as error:
         raise RecipeError(f"{where}: {error}") from None
+
+
+def _check_verify_order(steps: Sequence[RecipeStep], source: str) -> None:
+    """Refuse a verify step that cannot pass: a gate step before it set ``p``."""
+    new_p = None
+    for number, step in enumerate(steps, start=1):
+        if step.action == "gate" and step.p is not None and new_p is None:
+            new_p = number
+        if step.action == "verify" and new_p is not None:
+            raise RecipeError(
+                f"{source}, step {number} (verify): step {new_p} sets p, and verify "
+                "checks that every site keeps its probability; verify before "
+                "changing p, or leave p out"
+            )
 
 
 def _check_selectors(value: object, name: str) -> None:

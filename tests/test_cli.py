@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from click.testing import CliRunner, Result
 
 import surgery
 from surgery._cli.commands import cli
+from surgery._cli.load import load_model
 from surgery._cli.render import Screen
 from surgery._report import site_to_dict
 from surgery.demo import build_demo_model, demo_inputs
@@ -243,19 +245,26 @@ def test_inspect_an_exported_program(files: Files) -> None:
     ]
 
 
-def test_a_factory_loads_a_state_dict_or_safetensors(files: Files) -> None:
+def test_a_factory_loads_a_state_dict(files: Files, work: Path) -> None:
     # The weights reach the model: the exported program computes with them.
-    seeded = build_demo_model(seed=1).eval()
+    result = run(
+        "strip", DEMO, "--weights", files.state_dict, "--input-shape", DEMO_INPUT,
+        "-o", "seed1.pt2",
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.stderr
     x = demo_inputs()
-    for weights in (files.state_dict, files.safetensors):
-        out = files.folder / f"from-{weights.suffix[1:]}.pt2"
-        result = run(
-            "strip", DEMO, "--weights", weights, "--input-shape", DEMO_INPUT, "-o", out
-        )
-        assert result.exit_code == 0, result.stderr
-        program = torch.export.load(str(out))
-        torch.testing.assert_close(program.module()(x), seeded(x))
-        out.unlink()
+    program = torch.export.load("seed1.pt2").module()
+    torch.testing.assert_close(program(x), build_demo_model(seed=1).eval()(x))
+
+
+def test_a_factory_loads_safetensors_weights(files: Files) -> None:
+    loaded = load_model(DEMO, weights=files.safetensors)
+
+    expected = build_demo_model(seed=1).state_dict()
+    assert loaded.model.state_dict().keys() == expected.keys()
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(value, expected[key]), key
 
 
 def test_a_pickled_module_loads_only_with_trust_pickle(files: Files) -> None:
@@ -395,6 +404,259 @@ def test_debug_shows_the_traceback(files: Files, tmp_path: Path) -> None:
     assert result.exit_code == 4
     assert "Traceback (most recent call last)" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("surgery strip: error:")
+
+
+def test_strip_verify_report_and_export_of_a_factory_model(work: Path) -> None:
+    result = run(
+        "strip", DEMO, "--input-shape", DEMO_INPUT, "-o", "demo.pt2",
+        "--report", "report.json",
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"stripped 10 dropout site(s) of {DEMO}"
+    assert lines[-1].startswith("wrote demo.pt2 (torch.export program, ")
+    report = json.loads(Path("report.json").read_text())
+    assert report["passed"] is True
+    assert {claim["name"] for claim in report["claims"]} >= {"sites", "state_dict"}
+    program = torch.export.load("demo.pt2").module()
+    x = demo_inputs()
+    assert surgery.count_random_ops(program, x).count == 0
+    torch.testing.assert_close(program(x), build_demo_model().eval()(x))
+    assert listing(work) == ["demo.pt2", "report.json"]
+
+
+def test_gate_off_for_some_sites_exports_the_rest_as_dropout(work: Path) -> None:
+    result = run(
+        "gate", DEMO, "-s", "blocks.*", "--mode", "off",
+        "--input-shape", DEMO_INPUT, "-o", "gated.pt2", "--json",
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["verification"] is None
+    assert payload["sites"] == [
+        s.path for s in surgery.find(build_demo_model(), "blocks.*")
+    ]
+    x = demo_inputs()
+    gated = surgery.count_random_ops(torch.export.load("gated.pt2").module(), x)
+    eager = surgery.count_random_ops(surgery.strip(build_demo_model(), "blocks.*"), x)
+    assert gated.by_op() == eager.by_op()
+    assert payload["export"]["random_ops"]
+
+
+def test_gate_in_eval_mode_with_gates_on_keeps_monte_carlo_dropout(
+    work: Path,
+) -> None:
+    result = run(
+        "gate", DEMO, "--mode", "on", "--eval", "--input-shape", DEMO_INPUT,
+        "-o", "mc.ts", "--json",
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["export"]["training"] is False
+    script = torch.jit.load("mc.ts")
+    x = demo_inputs()
+    assert not torch.equal(script(x), script(x))
+
+
+def test_verify_and_a_new_p_cannot_go_together(work: Path) -> None:
+    result = run("gate", DEMO, "--p", "0.3", "--verify", "-o", "g.pt2")
+
+    assert result.exit_code == 2
+    assert "--verify checks that every site keeps its probability" in error_line(result)
+    assert listing(work) == []
+
+
+SUSPICIOUS = """
+from torch import nn
+
+
+class Head(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x):
+        # Model code that changes course when its dropout looks optional.
+        if isinstance(self.drop, nn.Identity):
+            return self.lin(x) * 2
+        return self.drop(self.lin(x))
+
+
+def build():
+    return Head()
+"""
+
+
+def test_a_failed_verification_exits_1_writes_the_report_and_no_model(
+    work: Path,
+) -> None:
+    Path("suspicious.py").write_text(SUSPICIOUS)
+
+    result = run(
+        "strip", "suspicious:build", "--input-shape", "3x4", "-o", "out.pt2",
+        "--report", "report.json",
+    )  # fmt: skip
+
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "surgery strip: error: verification failed (3 claim(s)); nothing written "
+        "to out.pt2"
+    )
+    assert "failed: outputs (train)" in result.stderr
+    assert json.loads(Path("report.json").read_text())["passed"] is False
+    assert listing(work) == ["report.json", "suspicious.py"]
+
+
+def test_export_a_transformers_folder_with_its_own_inputs(
+    files: Files, work: Path
+) -> None:
+    import transformers
+
+    result = run("export", files.bert, "--seq-len", "5", "-o", "bert.pt2", "--json")
+
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["training"] is False
+    assert len(payload["stripped"]) == 8
+    assert payload["check"]["passed"] is True
+    program = torch.export.load("bert.pt2")
+    (ids,) = program.example_inputs[1].values()
+    assert ids.shape == (2, 5)
+    model = transformers.BertForSequenceClassification.from_pretrained(files.bert)
+    torch.testing.assert_close(
+        program.module()(input_ids=ids).logits, model(ids).logits
+    )
+
+
+def test_export_to_onnx_keeps_stdout_for_the_result(work: Path) -> None:
+    result = run(
+        "export", DEMO, "--input-shape", DEMO_INPUT, "-o", "demo.onnx", "--json"
+    )
+
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)  # the exporter's chatter went to stderr
+    assert payload["format"] == "onnx"
+    assert payload["random_ops"] == []
+    assert listing(work) == ["demo.onnx"]
+
+
+def test_example_inputs_from_a_file(work: Path) -> None:
+    torch.save(demo_inputs(batch=3), "x.pt")
+
+    result = run("export", DEMO, "--inputs", "x.pt", "-o", "demo.pt2")
+
+    assert result.exit_code == 0, result.stderr
+    (x,) = torch.export.load("demo.pt2").example_inputs[0]
+    assert torch.equal(x, demo_inputs(batch=3))
+
+
+RECIPE = """
+inputs = ["2x8:int64"]
+
+[[steps]]
+action = "strip"
+select = "blocks.*"
+
+[[steps]]
+action = "gate"
+select = ["embed_dropout", "classifier_dropout"]
+mode = "off"
+
+[[steps]]
+action = "verify"
+
+[[steps]]
+action = "export"
+format = "pt2"
+"""
+
+
+def test_apply_a_recipe_as_python_does(work: Path) -> None:
+    Path("serve.toml").write_text(RECIPE)
+
+    result = run(
+        "apply", "serve.toml", DEMO, "-o", "cli.pt2", "--report", "r.json", "--json"
+    )
+
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert [step["action"] for step in payload["steps"]] == [
+        "strip",
+        "gate",
+        "verify",
+        "export",
+    ]
+    assert all(step["passed"] for step in payload["steps"])
+    assert json.loads(Path("r.json").read_text())[0]["passed"] is True
+
+    # The same steps from Python (all but the export) give the same model.
+    steps = surgery.Recipe.from_file("serve.toml")
+    in_python = surgery.Recipe(steps.steps[:2], inputs=steps.inputs)
+    model = surgery.apply_recipe(build_demo_model(), in_python).model
+    x = demo_inputs()
+    from_cli = torch.export.load("cli.pt2").module()
+    assert torch.equal(from_cli(x), model(x))
+    assert surgery.count_random_ops(from_cli, x).count == 0
+
+
+def test_apply_without_an_export_step_writes_by_the_output_suffix(
+    work: Path,
+) -> None:
+    Path("strip.toml").write_text('[[steps]]\naction = "strip"\n')
+
+    result = run(
+        "apply", "strip.toml", DEMO, "--input-shape", DEMO_INPUT, "-o", "out.ts"
+    )
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "step 1: stripped 10 site(s)"
+    script = torch.jit.load("out.ts")
+    x = demo_inputs()
+    assert torch.equal(script(x), script(x))
+
+
+def test_a_bad_recipe_is_a_usage_error_naming_file_and_step(work: Path) -> None:
+    Path("bad.toml").write_text('[[steps]]\naction = "strip"\nslect = "a"\n')
+
+    result = run("apply", "bad.toml", DEMO, "-o", "out.pt2")
+
+    assert result.exit_code == 2
+    assert "bad.toml, step 1: unknown key 'slect'" in error_line(result)
+    assert listing(work) == ["bad.toml"]
+
+
+def test_a_recipe_whose_verify_fails_writes_nothing(work: Path) -> None:
+    Path("suspicious.py").write_text(SUSPICIOUS)
+    Path("r.toml").write_text(
+        '[[steps]]\naction = "strip"\n[[steps]]\naction = "verify"\n'
+        '[[steps]]\naction = "export"\nformat = "pt2"\n'
+    )
+
+    result = run(
+        "apply", "r.toml", "suspicious:build", "--input-shape", "3x4", "-o", "o.pt2"
+    )
+
+    assert result.exit_code == 1
+    assert "nothing written to o.pt2" in result.stderr
+    assert listing(work) == ["r.toml", "suspicious.py"]
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
+    result = run("demo", "--seconds", "0.05", "--keep", tmp_path, "--json")
+
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["sites"] == 10
+    assert summary["random_ops_before"] > 0
+    assert summary["random_ops_after"] == 0
+    assert summary["claims_passed"] == summary["claims"]
+    assert summary["export_random_ops"] == 0
+    assert summary["export_matches_eager"] is True
+    program = torch.export.load(str(tmp_path / "demo.pt2")).module()
+    assert surgery.count_random_ops(program, demo_inputs()).count == 0
 
 
 # --- bad inputs: non-zero exit, one line naming the culprit, nothing written -
@@ -561,3 +823,25 @@ def test_a_terminal_gets_a_rich_table_and_a_pipe_plain_text() -> None:
         pipe.getvalue()
         == "path            kind\n--------------  ------\nblocks.0.mlp.2  module\n"
     )
+
+
+# --- end to end ------------------------------------------------------------
+
+
+def test_end_to_end_in_a_subprocess_from_an_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "serve.toml").write_text(RECIPE)
+    command = [
+        sys.executable, "-m", "surgery", "apply", "serve.toml", DEMO,
+        "-o", "demo.pt2", "--report", "report.json", "--json",
+    ]  # fmt: skip
+
+    done = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+
+    assert done.returncode == 0, done.stderr
+    payload = json.loads(done.stdout)
+    assert payload["output"] == "demo.pt2"
+    assert listing(tmp_path) == ["demo.pt2", "report.json", "serve.toml"]
+    program = torch.export.load(str(tmp_path / "demo.pt2")).module()
+    assert surgery.count_random_ops(program, demo_inputs()).count == 0

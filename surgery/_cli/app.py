@@ -159,10 +159,23 @@ def _warnings_as_lines(*, debug: bool) -> Iterator[None]:
         yield
 
 
+# Loggers of libraries underneath that warn about things a command's user
+# cannot act on (the ONNX exporter lists every optional op it skips).
+_QUIET_LOGGERS = ("torch.onnx",)
+
+
 @contextmanager
 def _debug_logging(debug: bool) -> Iterator[None]:
     if not debug:
-        yield
+        quiet = [logging.getLogger(name) for name in _QUIET_LOGGERS]
+        levels = [logger.level for logger in quiet]
+        for logger in quiet:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(quiet, levels, strict=True):
+                logger.setLevel(level)
         return
     logger = logging.getLogger("surgery")
     handler = logging.StreamHandler(sys.stderr)

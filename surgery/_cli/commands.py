@@ -12,12 +12,12 @@ import click
 from .. import _api
 from .._bench import VARIANTS as BENCH_VARIANTS
 from .._bench import Variant
-from .._recipe import Recipe, apply_recipe, verify_step
+from .._recipe import Recipe, apply_recipe, export_step, verify_step
 from .._report import HEADERS, site_to_dict, sites_table_rows
 from .._site import MODES, Mode
 from .app import SurgeryGroup, screen_for
 from .errors import CliError, UsageProblem, VerificationFailed
-from .examples import Examples, choose_examples
+from .examples import choose_examples
 from .io import atomic_path, check_output, write_json
 from .load import LoadedModel, load_model
 from .options import (
@@ -28,6 +28,7 @@ from .options import (
     output_options,
     report_option,
     select_options,
+    training_option,
 )
 from .render import Screen
 from .save import FORMAT_NAMES, choose_format, write_model
@@ -123,6 +124,7 @@ Examples:
 @format_option
 @select_options
 @report_option
+@training_option
 @input_options
 @model_options
 @common_options
@@ -160,6 +162,7 @@ Examples:
 )
 @select_options
 @report_option
+@training_option
 @input_options
 @model_options
 @common_options
@@ -184,6 +187,20 @@ Examples:
 @click.argument("model")
 @output_options
 @format_option
+@click.option(
+    "--no-strip",
+    is_flag=True,
+    help="Export the sites as they are set instead of stripping every one.",
+)
+@click.option(
+    "--script", is_flag=True, help="For torchscript: script instead of trace."
+)
+@click.option(
+    "--allow-random",
+    is_flag=True,
+    help="Write the file even if random ops are left (dropout kept on purpose).",
+)
+@training_option
 @input_options
 @model_options
 @common_options
@@ -192,6 +209,10 @@ def export(
     output: Path,
     overwrite: bool,
     format_name: str | None,
+    no_strip: bool,
+    script: bool,
+    allow_random: bool,
+    training: bool | None,
     input_shapes: tuple[str, ...],
     inputs_file: Path | None,
     seq_len: int,
@@ -202,22 +223,44 @@ def export(
 ) -> None:
     """Strip MODEL and export it, checked free of random ops.
 
-    The export is verified against the model on the example inputs before
-    anything is written.
+    The file is loaded back, checked for random ops and run on the example
+    inputs against the model before it is written.
     """
     screen = screen_for(as_json)
     inputs = [Path(model), *_paths(weights, inputs_file)]
     target = check_output(output, inputs=inputs, overwrite=overwrite)
     format = choose_format(output, format_name)
+    if script and format != "torchscript":
+        raise UsageProblem(f"--script applies to --format torchscript, not {format}")
+
     loaded = _load(screen, model, weights, trust_pickle)
+    if loaded.kind in ("pt2", "torchscript"):
+        raise UsageProblem(
+            f"MODEL {model} is already a {FORMAT_NAMES[loaded.kind]}; export "
+            "takes a Python model (a factory, a transformers folder, a pickle)"
+        )
+    _set_training(loaded, training)
     examples = choose_examples(
         loaded, shapes=input_shapes, inputs_file=inputs_file, seq_len=seq_len
     )
+    if examples is None:
+        raise _needs_inputs("export")
+
     with screen.progress(f"exporting to {format}"), atomic_path(target) as temporary:
-        _export_whole(loaded, examples, temporary, format)
+        result = export_step(
+            loaded.module,
+            examples.args,
+            examples.kwargs,
+            temporary,
+            format,
+            strip=not no_strip,
+            script=script,
+            allow_random=allow_random,
+        )
     if as_json:
-        screen.json({"model": loaded.source, "output": str(output), "format": format})
+        screen.json({"model": loaded.source, **_export_payload(result, output)})
         return
+    screen.line(_export_summary(result))
     screen.line(f"wrote {output} ({FORMAT_NAMES[format]}, {_size(target)})")
 
 
@@ -257,6 +300,7 @@ Examples:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Write the verify steps' reports as JSON to this file.",
 )
+@training_option
 @input_options
 @model_options
 @common_options
@@ -267,6 +311,7 @@ def apply(
     overwrite: bool,
     format_name: str | None,
     report_path: Path | None,
+    training: bool | None,
     input_shapes: tuple[str, ...],
     inputs_file: Path | None,
     seq_len: int,
@@ -289,6 +334,7 @@ def apply(
         )
 
     loaded = _load(screen, model, weights, trust_pickle)
+    _set_training(loaded, training)
     examples = choose_examples(
         loaded,
         shapes=input_shapes,
@@ -439,13 +485,28 @@ Examples:
     type=click.Path(path_type=Path, file_okay=False),
     help="Keep the exported demo model in this folder (default: a temporary one).",
 )
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0.01),
+    default=1.0,
+    show_default=True,
+    help="About how long the benchmark step times the model.",
+)
 @common_options
-def demo(keep: Path | None, as_json: bool, debug: bool) -> None:
+def demo(keep: Path | None, seconds: float, as_json: bool, debug: bool) -> None:
     """Inspect, strip, verify, export and time the built-in demo model."""
     from .._mainjob import run_demo
 
     screen = screen_for(as_json)
-    run_demo(screen.out)
+    if keep is not None:
+        try:
+            keep.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UsageProblem(f"--keep {keep}: {error.strerror or error}") from None
+        check_output(keep / "demo.pt2", inputs=[], overwrite=False, flag="--keep")
+    summary = run_demo(None if as_json else screen.out, keep=keep, seconds=seconds)
+    if as_json:
+        screen.json(summary.to_dict())
 
 
 def _rewrite_command(
@@ -461,6 +522,7 @@ def _rewrite_command(
     exclude: tuple[str, ...],
     verify: bool,
     report_path: Path | None,
+    training: bool | None,
     input_shapes: tuple[str, ...],
     inputs_file: Path | None,
     seq_len: int,
@@ -475,9 +537,15 @@ def _rewrite_command(
     target = check_output(output, inputs=inputs, overwrite=overwrite)
     report_target = _check_report(report_path, target, inputs)
     verify = verify or report_target is not None
+    if verify and p is not None:
+        raise UsageProblem(
+            "--verify checks that every site keeps its probability, and --p "
+            "changes it; leave out one of them"
+        )
     format = choose_format(output, format_name)
 
     loaded = _load(screen, model, weights, trust_pickle)
+    _set_training(loaded, training)
     examples = choose_examples(
         loaded, shapes=input_shapes, inputs_file=inputs_file, seq_len=seq_len
     )
@@ -505,7 +573,7 @@ def _rewrite_command(
             _show_failure(screen, report, output)
 
     with screen.progress(f"writing {format}"), atomic_path(target) as temporary:
-        write_model(rewritten, examples, temporary, format)
+        exported = write_model(rewritten, examples, temporary, format)
 
     if as_json:
         screen.json(
@@ -518,6 +586,9 @@ def _rewrite_command(
                 "mode": mode,
                 "p": p,
                 "verification": None if report is None else report_payload(report),
+                "export": None
+                if exported is None
+                else _export_payload(exported, output),
             }
         )
         return
@@ -536,6 +607,8 @@ def _rewrite_command(
     )
     if report is not None:
         screen.table(("claim", "result", "detail"), report_rows(report))
+    if exported is not None:
+        screen.line(_export_summary(exported))
     screen.line(f"wrote {output} ({FORMAT_NAMES[format]}, {_size(target)})")
 
 
@@ -567,13 +640,38 @@ def _check_rewritable(loaded: LoadedModel) -> None:
         )
 
 
-def _export_whole(
-    loaded: LoadedModel, examples: Examples | None, path: Path, format: str
-) -> None:
-    if examples is None:
-        raise _needs_inputs("export")
-    _check_rewritable(loaded)
-    write_model(_api.strip(loaded.model), examples, path, choose_format(path, format))
+def _set_training(loaded: LoadedModel, training: bool | None) -> None:
+    if training is None:
+        return
+    if loaded.kind in ("pt2", "torchscript"):
+        raise UsageProblem(
+            f"--{'train' if training else 'eval'}: the mode of a "
+            f"{FORMAT_NAMES[loaded.kind]} is fixed when it is made"
+        )
+    loaded.module.train(training)
+
+
+def _export_payload(result: Any, output: Path) -> dict[str, Any]:
+    """What an export wrote and checked, for ``--json``."""
+    return {
+        "output": str(output),
+        "format": result.format,
+        "training": result.training,
+        "stripped": list(result.stripped),
+        "random_ops": [str(op) for op in result.random_ops],
+        "check": result.check.to_dict(),
+    }
+
+
+def _export_summary(result: Any) -> str:
+    mode = "train" if result.training else "eval"
+    left = len(result.random_ops)
+    check = "match" if result.check.passed else "DO NOT match"
+    stripped = f"{len(result.stripped)} site(s) stripped, " if result.stripped else ""
+    return (
+        f"exported {result.format} in {mode} mode: {stripped}{left or 'no'} random "
+        f"op(s) left, outputs {check} the model's"
+    )
 
 
 def _find(
@@ -632,6 +730,8 @@ def _describe(outcome: Any) -> str:
         return f"{done} {len(outcome.sites)} site(s)"
     if action == "verify":
         return "verified: every claim holds" if outcome.passed else "verify FAILED"
+    if outcome.exported is not None:
+        return _export_summary(outcome.exported)
     return f"exported to {outcome.step.format}"
 
 

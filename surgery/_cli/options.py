@@ -18,6 +18,7 @@ __all__ = [
     "output_options",
     "report_option",
     "select_options",
+    "training_option",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -144,6 +145,18 @@ def format_option(function: F) -> F:
         type=click.Choice(FORMATS),
         help="Format of -o: pt2 (torch.export), torchscript or onnx. Default: "
         "from the suffix of -o (.pt2, .ts/.torchscript, .onnx).",
+    )(function)
+
+
+def training_option(function: F) -> F:
+    """``--train/--eval``: the mode a module is rewritten and exported in."""
+    return click.option(
+        "--train/--eval",
+        "training",
+        default=None,
+        help="Put a Python MODEL in train or eval mode before writing it; the "
+        "file freezes that mode. Default: as loaded (a factory's model is "
+        "usually in train mode, a transformers folder in eval mode).",
     )(function)
 
 

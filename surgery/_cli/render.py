@@ -10,7 +10,7 @@ import json
 import math
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -82,12 +82,17 @@ class Screen:
 
     @contextmanager
     def progress(self, label: str) -> Iterator[None]:
-        """A spinner on a terminal's stderr while a step runs; nothing when piped."""
-        if self._err_console is None:
-            yield
-            return
-        with self._err_console.status(label):
-            yield
+        """A spinner on a terminal's stderr while a step runs; nothing when piped.
+
+        Whatever the libraries underneath print meanwhile goes to stderr:
+        stdout carries only the result.
+        """
+        with redirect_stdout(self.err):
+            if self._err_console is None:
+                yield
+                return
+            with self._err_console.status(label):
+                yield
         self._err_console.print(f"[green]done[/green] {label}", highlight=False)
 
 

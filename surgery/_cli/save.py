@@ -51,8 +51,13 @@ def choose_format(output: Path, given: str | None) -> ExportFormat:
 
 def write_model(
     model: Any, examples: Examples | None, path: Path, format: ExportFormat
-) -> None:
-    """Write ``model`` to ``path`` (a temporary file the caller renames)."""
+) -> Any:
+    """Write ``model`` to ``path`` (a temporary file the caller renames).
+
+    Returns:
+        The :class:`surgery.ExportResult` for a module; ``None`` for an
+        exported program or TorchScript, which are saved as they are.
+    """
     if isinstance(model, torch.export.ExportedProgram):
         if format != "pt2":
             raise UsageProblem(
@@ -60,20 +65,20 @@ def write_model(
                 "name -o with .pt2 or pass --format pt2"
             )
         torch.export.save(model, str(path))
-        return
+        return None
     if isinstance(model, torch.jit.ScriptModule):
         if format != "torchscript":
             raise UsageProblem(
                 f"a TorchScript model is written as torchscript, not {format}"
             )
         torch.jit.save(model, str(path))
-        return
+        return None
     if examples is None:
         raise UsageProblem(
             f"writing a {format} file needs example inputs: pass --input-shape "
             "(e.g. 2x8:int64) or --inputs FILE"
         )
-    export_step(model, examples.args, examples.kwargs, path, format)
+    return export_step(model, examples.args, examples.kwargs, path, format)
 
 
 def _as_format(name: str) -> ExportFormat:
