@@ -200,10 +200,12 @@ class DropoutSchedule:
                 continue
             else:
                 slow[setting].append(path)
+                continue
             self._applied[path] = setting
 
         for (mode, p), paths in slow.items():
             set_dropout(self.model, _one_of(paths), mode=mode, p=p)
+            self._applied.update(dict.fromkeys(paths, (mode, p)))
         logger.debug("%s: step %d applied", type(self).__name__, self._last_step)
 
     def _gate_at(self, path: str) -> GatedDropout | None:
