@@ -43,7 +43,10 @@ class _ForceRecord:
     forcing: bool = False
 
 
-def _pre_hook(module: nn.Module, args: Any) -> None:
+# The hooks take their tensors as ``*_``: torch.compile then never wraps them as
+# named locals, which on some versions reads ``.grad`` of a non-leaf tensor and
+# warns (an error where warnings are errors).
+def _pre_hook(module: nn.Module, *_: Any) -> None:
     record: _ForceRecord = module.__dict__[_RECORD]
     if not record.armed or module.training:
         return
@@ -53,7 +56,7 @@ def _pre_hook(module: nn.Module, args: Any) -> None:
         hold.apply()
 
 
-def _post_hook(module: nn.Module, args: Any, output: Any) -> None:
+def _post_hook(module: nn.Module, *_: Any) -> None:
     record: _ForceRecord | None = module.__dict__.get(_RECORD)
     if record is None or not record.forcing:
         return
