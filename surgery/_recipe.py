@@ -18,7 +18,7 @@ what to export to. The same file runs from the command line
     action = "gate"
     select = "classifier_dropout"
     mode = "on"                     # train | on | off
-    p = 0.2
+    # p = 0.2                       # a new probability; no verify step after it
 
     [[steps]]
     action = "verify"

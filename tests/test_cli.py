@@ -55,7 +55,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     torch.export.save(program, str(train_pt2))
 
     script = folder / "demo.ts"
-    torch.jit.save(torch.jit.trace(build_demo_model().eval(), (x,)), str(script))
+    # Traced in train mode: the archive keeps dropping (tracing bakes it in).
+    traced = torch.jit.trace(build_demo_model(), (x,), check_trace=False)
+    torch.jit.save(traced, str(script))
 
     pickled = folder / "demo-module.pt"
     torch.save(build_demo_model(), pickled)
@@ -243,6 +245,19 @@ def test_inspect_an_exported_program(files: Files) -> None:
         None,
         None,
     ]
+
+
+def test_inspect_lists_the_random_ops_left_in_a_graph(files: Files) -> None:
+    program = run("inspect", files.train_pt2, "--json")
+    script = run("inspect", files.script)
+
+    assert program.exit_code == 0, program.stderr
+    ops = json.loads(program.stdout)["random_ops"]
+    assert {op["module"] for op in ops} >= {"embed_dropout", "blocks.1.drop_path"}
+    assert script.exit_code == 0, script.stderr
+    title = script.stdout.splitlines()[0]
+    assert title.endswith(f"random op(s) in the graph of {files.script}")
+    assert int(title.split()[0]) > 0
 
 
 def test_a_factory_loads_a_state_dict(files: Files, work: Path) -> None:

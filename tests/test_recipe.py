@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import doctest
+import importlib
 from pathlib import Path
 
 import pytest
@@ -23,13 +25,13 @@ select = "blocks.*"
 exclude = ["re:.*attn_dropout"]
 
 [[steps]]
+action = "verify"
+
+[[steps]]
 action = "gate"
 select = "classifier_dropout"
 mode = "on"
 p = 0.5
-
-[[steps]]
-action = "verify"
 
 [[steps]]
 action = "export"
@@ -42,11 +44,11 @@ def test_a_full_recipe_reads_as_written() -> None:
 
     assert [step.action for step in recipe.steps] == [
         "strip",
-        "gate",
         "verify",
+        "gate",
         "export",
     ]
-    strip_step, gate_step = recipe.steps[:2]
+    strip_step, _, gate_step = recipe.steps[:3]
     assert strip_step.select == ("blocks.*",)
     assert strip_step.exclude == ("re:.*attn_dropout",)
     assert (gate_step.select, gate_step.mode, gate_step.p) == (
@@ -88,6 +90,10 @@ BAD = [
         r"export must be the last step",
     ),
     ("[[steps", r"not valid TOML"),
+    (
+        '[[steps]]\naction = "gate"\np = 0.2\n[[steps]]\naction = "verify"',
+        r"step 2 \(verify\): step 1 sets p",
+    ),
 ]
 
 
@@ -199,3 +205,28 @@ def test_verify_or_export_without_inputs_or_output_is_refused() -> None:
     with pytest.raises(RecipeError, match="pass output="):
         apply_recipe(model, export)
     assert set(state_of(surgery.find(model)).values()) == {"original"}
+
+
+def test_the_readme_recipe_is_a_valid_recipe_for_the_demo_model() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("<!-- section:cli start -->")[1]
+    text = section.split("```toml")[1].split("```")[0]
+
+    recipe = Recipe.from_toml(text, source="README")
+    without_export = Recipe(recipe.steps[:-1], inputs=recipe.inputs)
+    result = apply_recipe(build_demo_model(), without_export)
+
+    assert [step.action for step in recipe.steps] == [
+        "strip",
+        "gate",
+        "verify",
+        "export",
+    ]
+    assert result.passed
+
+
+@pytest.mark.parametrize("module", ["surgery._recipe", "surgery._inputs"])
+def test_docstring_examples_run(module: str) -> None:
+    results = doctest.testmod(importlib.import_module(module))
+    assert results.attempted > 0
+    assert results.failed == 0

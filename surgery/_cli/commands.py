@@ -89,24 +89,37 @@ def inspect(
     as_json: bool,
     debug: bool,
 ) -> None:
-    """List the dropout sites of MODEL as a table (or JSON)."""
+    """List the dropout sites of MODEL as a table (or JSON).
+
+    For a .pt2 program or a TorchScript archive, also list the random ops
+    left in its graph.
+    """
     screen = screen_for(as_json)
     loaded = _load(screen, model, weights, trust_pickle)
-    sites = _find(loaded, select, exclude)
+    sites = [] if loaded.kind == "torchscript" else _find(loaded, select, exclude)
+    random_ops = _graph_random_ops(loaded)
     if as_json:
-        screen.json(
-            {
-                "model": loaded.source,
-                "kind": loaded.kind,
-                "sites": [site_to_dict(site) for site in sites],
-            }
-        )
+        payload: dict[str, Any] = {
+            "model": loaded.source,
+            "kind": loaded.kind,
+            "sites": [site_to_dict(site) for site in sites],
+        }
+        if random_ops is not None:
+            payload["random_ops"] = [_random_op_dict(op) for op in random_ops]
+        screen.json(payload)
         return
-    screen.table(
-        HEADERS,
-        sites_table_rows(sites),
-        title=f"{len(sites)} dropout site(s) in {loaded.source}",
-    )
+    if loaded.kind != "torchscript":
+        screen.table(
+            HEADERS,
+            sites_table_rows(sites),
+            title=f"{len(sites)} dropout site(s) in {loaded.source}",
+        )
+    if random_ops is not None:
+        screen.table(
+            ("op", "module", "node", "detail"),
+            [(op.op, op.location or "(root)", op.node, op.detail) for op in random_ops],
+            title=f"{len(random_ops)} random op(s) in the graph of {loaded.source}",
+        )
 
 
 @cli.command(
@@ -638,6 +651,19 @@ def _check_rewritable(loaded: LoadedModel) -> None:
             f"MODEL {loaded.source} is TorchScript, which surgery cannot rewrite; "
             "rewrite the Python model and script it again"
         )
+
+
+def _graph_random_ops(loaded: LoadedModel) -> list[Any] | None:
+    """The random ops left in a .pt2 or TorchScript graph; ``None`` for a module."""
+    if loaded.kind not in ("pt2", "torchscript"):
+        return None
+    from .._ready import check_export_ready
+
+    return list(check_export_ready(loaded.model))
+
+
+def _random_op_dict(op: Any) -> dict[str, str]:
+    return {"op": op.op, "module": op.location, "node": op.node, "detail": op.detail}
 
 
 def _set_training(loaded: LoadedModel, training: bool | None) -> None:
