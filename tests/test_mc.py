@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import math
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 import surgery
+from surgery import _mc
 from surgery.demo import build_demo_model, demo_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -275,6 +277,12 @@ def test_mean_and_variance_helpers_check_their_input() -> None:
         surgery.mc_variance(samples[:1])
     with pytest.raises(ValueError, match="shape"):
         surgery.mc_mean(torch.tensor(1.0))
+
+
+def test_docstring_examples_run() -> None:
+    results = doctest.testmod(_mc, extraglobs={"nn": nn, "torch": torch})
+    assert results.attempted > 0
+    assert results.failed == 0
 
 
 def test_mc_uncertainty_example_runs() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import importlib
 import io
 import json
@@ -414,7 +415,7 @@ def test_stepping_a_float_attribute_site_never_recompiles() -> None:
     schedule = surgery.LinearDropout(wrapper, start=0.1, end=0.3, steps=2)
     x = torch.randn(2, 3, 8)
 
-    for _ in range(3):
+    for _ in range(2):
         compiled(x, x, x)
         schedule.step()
     assert counter.frame_count == 1
@@ -582,6 +583,17 @@ def test_lightning_callback_follows_global_step() -> None:
     # Two batches per optimizer step: the rate changes every other batch.
     assert module.seen == pytest.approx([0.3, 0.3, 0.2, 0.2, 0.1, 0.1, 0.0, 0.0])
     assert schedule.last_step == 4
+
+
+@pytest.mark.parametrize(
+    "module", ["surgery._schedule", "surgery.integrations.transformers"]
+)
+def test_docstring_examples_run(module: str) -> None:
+    if module.endswith("transformers"):
+        pytest.importorskip("transformers")
+    results = doctest.testmod(importlib.import_module(module), extraglobs={"nn": nn})
+    assert results.attempted > 0
+    assert results.failed == 0
 
 
 def test_branch_schedule_example_runs() -> None:
