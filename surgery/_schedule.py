@@ -7,9 +7,13 @@ and saves and resumes with ``state_dict()`` / ``load_state_dict()``. A step
 is whatever the caller counts: a batch, an optimizer step or an epoch.
 
 Schedules act through :func:`surgery.set_dropout`, so they drive every kind of
-site, gating a site first where needed. Several schedules may share a model
-as long as their sites are disjoint; a site driven by two live schedules is an
-error.
+site, gating a site first where needed; once a site's gate is in place and
+keeps its mode, a new rate is written onto the gate directly, which spares a
+walk over the whole model on every step. A schedule owns its sites: a gate
+restored or stripped behind its back is gated again at the next step (a
+float attribute is rewritten when its value next changes). Several schedules
+may share a model as long as their sites are disjoint; a site driven by two
+live schedules is an error.
 
 Under ``torch.compile`` a new rate on a module site is data, not a guard, so
 stepping never recompiles. A change of *mode* (an early or late schedule
