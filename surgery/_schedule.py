@@ -63,8 +63,10 @@ _LIVE: weakref.WeakSet[DropoutSchedule] = weakref.WeakSet()
 class DropoutSchedule:
     """Base of every schedule: selection, stepping, checkpointing.
 
-    Subclasses define :meth:`settings` (what each site gets at a step) and
-    list in ``_config`` the constructor options ``state_dict`` saves.
+    Subclasses define :meth:`settings` (what each site gets at a step), list
+    in ``_config`` the constructor options ``state_dict`` saves, check them
+    in ``_validate`` and end ``__init__`` with ``self._start()``, which
+    claims the sites and applies step 0.
 
     Attributes:
         model: The model whose sites the schedule drives.
