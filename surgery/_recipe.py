@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import importlib
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -417,14 +418,22 @@ def verify_step(
     from ._verify import verify
 
     if isinstance(reference, torch.export.ExportedProgram):
-        reference, candidate = reference.module(), candidate.module()
-    wanted = frozenset(require_off)
+        raise SurgeryError(VERIFY_EXPORTED)
+    # Exact paths as full-match regexes: sites of exported programs have no
+    # module object for a predicate to look at.
+    exact = [f"re:{re.escape(path)}" for path in dict.fromkeys(require_off)]
     return verify(
         reference,
         candidate,
         _one_input_value(args, kwargs),
-        require_off=(lambda path, _: path in wanted) if wanted else None,
+        require_off=exact or None,
     )
+
+
+VERIFY_EXPORTED = (
+    "verify compares Python modules; an exported program's stripped ops leave "
+    "no site behind to compare (check the result with surgery.check_export_ready)"
+)
 
 
 def _one_input_value(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

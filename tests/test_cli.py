@@ -42,7 +42,6 @@ class Files:
     pickled: Path
     state_dict: Path
     safetensors: Path
-    bert: Path
 
 
 @pytest.fixture(scope="session")
@@ -70,12 +69,12 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
 
     save_file({k: v.contiguous() for k, v in state.items()}, str(safetensors))
 
-    bert = folder / "bert"
-    _tiny_bert().save_pretrained(bert)
-    return Files(folder, train_pt2, script, pickled, state_dict, safetensors, bert)
+    return Files(folder, train_pt2, script, pickled, state_dict, safetensors)
 
 
-def _tiny_bert() -> torch.nn.Module:
+@pytest.fixture(scope="session")
+def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT classifier saved with save_pretrained (config + safetensors)."""
     import transformers
 
     config = transformers.BertConfig(
@@ -87,7 +86,9 @@ def _tiny_bert() -> torch.nn.Module:
         max_position_embeddings=32,
         num_labels=3,
     )
-    return transformers.BertForSequenceClassification(config)
+    folder = tmp_path_factory.mktemp("bert")
+    transformers.BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture
@@ -140,6 +141,16 @@ def test_each_command_help_shows_an_example(command: str) -> None:
     assert result.exit_code == 0
     assert "Examples:" in result.stdout
     assert f"surgery {command} " in result.stdout.split("Examples:")[1]
+
+
+def test_bare_surgery_shows_the_help_and_an_unknown_command_one_line() -> None:
+    bare = run()
+    unknown = run("operate")
+
+    assert bare.exit_code == 2
+    assert bare.stderr.startswith("Usage: surgery [OPTIONS] COMMAND")
+    assert unknown.exit_code == 2
+    assert "No such command 'operate'" in error_line(unknown)
 
 
 def test_version() -> None:
@@ -217,13 +228,13 @@ def test_an_exclude_that_matches_nothing_warns_in_one_line() -> None:
     )
 
 
-def test_inspect_a_transformers_folder(files: Files) -> None:
+def test_inspect_a_transformers_folder(bert: Path) -> None:
     import transformers
 
-    result = run("inspect", files.bert, "--json")
+    result = run("inspect", bert, "--json")
 
     assert result.exit_code == 0, result.stderr
-    model = transformers.BertForSequenceClassification.from_pretrained(files.bert)
+    model = transformers.BertForSequenceClassification.from_pretrained(bert)
     expected = [site_to_dict(site) for site in surgery.find(model)]
     assert json.loads(result.stdout)["sites"] == expected
     assert "Loading weights" not in result.stderr
@@ -389,6 +400,19 @@ def test_overwrite_replaces_the_input(files: Files, tmp_path: Path) -> None:
     assert listing(tmp_path) == ["model.pt2"]
 
 
+def test_verify_needs_a_python_model(files: Files, work: Path) -> None:
+    Path("r.toml").write_text('[[steps]]\naction = "verify"\n')
+
+    direct = run("strip", files.train_pt2, "--verify", "-o", "out.pt2")
+    recipe = run("apply", "r.toml", files.train_pt2, "-o", "out.pt2")
+
+    for result in (direct, recipe):
+        assert result.exit_code == 2
+        assert "needs a Python model" in error_line(result)
+        assert "torch.export program" in error_line(result)
+    assert listing(work) == ["r.toml"]
+
+
 def test_torchscript_is_read_but_not_rewritten(files: Files, tmp_path: Path) -> None:
     result = run("strip", files.script, "-o", tmp_path / "out.ts")
 
@@ -526,11 +550,11 @@ def test_a_failed_verification_exits_1_writes_the_report_and_no_model(
 
 
 def test_export_a_transformers_folder_with_its_own_inputs(
-    files: Files, work: Path
+    bert: Path, work: Path
 ) -> None:
     import transformers
 
-    result = run("export", files.bert, "--seq-len", "5", "-o", "bert.pt2", "--json")
+    result = run("export", bert, "--seq-len", "5", "-o", "bert.pt2", "--json")
 
     assert result.exit_code == 0, result.stderr
     payload = json.loads(result.stdout)
@@ -540,7 +564,7 @@ def test_export_a_transformers_folder_with_its_own_inputs(
     program = torch.export.load("bert.pt2")
     (ids,) = program.example_inputs[1].values()
     assert ids.shape == (2, 5)
-    model = transformers.BertForSequenceClassification.from_pretrained(files.bert)
+    model = transformers.BertForSequenceClassification.from_pretrained(bert)
     torch.testing.assert_close(
         program.module()(input_ids=ids).logits, model(ids).logits
     )

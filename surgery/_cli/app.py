@@ -34,6 +34,12 @@ __all__ = ["SurgeryGroup", "screen_for"]
 
 # Interrupted by the user, as shells report SIGINT.
 _EXIT_INTERRUPTED = 130
+# Raised for a group called without a command (click 8.2 and later).
+_NO_ARGS_IS_HELP: tuple[type[click.UsageError], ...] = tuple(
+    getattr(click.exceptions, name)
+    for name in ("NoArgsIsHelpError",)
+    if hasattr(click.exceptions, name)
+)
 
 
 class SurgeryGroup(click.Group):
@@ -76,6 +82,10 @@ def _guarded(invoke: Any, *, debug: bool, argv: list[str]) -> int:
         result = invoke()
     except click.exceptions.Exit as done:
         return int(done.exit_code)
+    except _NO_ARGS_IS_HELP as error:
+        # A bare ``surgery``: the help is the answer, not an error line.
+        print(error.format_message(), file=sys.stderr)
+        return int(error.exit_code)
     except click.ClickException as error:
         where = _command_path(error, argv)
         hint = f" (see '{where} --help')" if isinstance(error, click.UsageError) else ""

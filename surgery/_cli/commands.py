@@ -12,7 +12,13 @@ import click
 from .. import _api
 from .._bench import VARIANTS as BENCH_VARIANTS
 from .._bench import Variant
-from .._recipe import Recipe, apply_recipe, export_step, verify_step
+from .._recipe import (
+    VERIFY_EXPORTED,
+    Recipe,
+    apply_recipe,
+    export_step,
+    verify_step,
+)
 from .._report import HEADERS, site_to_dict, sites_table_rows
 from .._site import MODES, Mode
 from .app import SurgeryGroup, screen_for
@@ -355,8 +361,16 @@ def apply(
         seq_len=seq_len,
         recipe_shapes=steps.inputs,
     )
+    if steps.verifies:
+        _check_verifiable(loaded, f"{recipe}: the verify step")
     if examples is None and steps.verifies:
         raise _needs_inputs("the recipe's verify step")
+    if steps.export_format is not None and loaded.kind in ("pt2", "torchscript"):
+        raise UsageProblem(
+            f"{recipe}: the export step takes a Python model, and MODEL {model} is "
+            f"a {FORMAT_NAMES[loaded.kind]}; leave the step out to write a "
+            f"{loaded.kind} again"
+        )
 
     with atomic_path(target) as temporary:
         with screen.progress(f"applying {recipe}"):
@@ -562,6 +576,8 @@ def _rewrite_command(
     examples = choose_examples(
         loaded, shapes=input_shapes, inputs_file=inputs_file, seq_len=seq_len
     )
+    if verify:
+        _check_verifiable(loaded, "--verify")
     if examples is None and verify:
         raise _needs_inputs("--verify")
     reference = copy.deepcopy(loaded.model) if verify else None
@@ -664,6 +680,14 @@ def _graph_random_ops(loaded: LoadedModel) -> list[Any] | None:
 
 def _random_op_dict(op: Any) -> dict[str, str]:
     return {"op": op.op, "module": op.location, "node": op.node, "detail": op.detail}
+
+
+def _check_verifiable(loaded: LoadedModel, what: str) -> None:
+    if loaded.kind in ("pt2", "torchscript"):
+        raise UsageProblem(
+            f"{what} needs a Python model, and MODEL {loaded.source} is a "
+            f"{FORMAT_NAMES[loaded.kind]}: {VERIFY_EXPORTED}"
+        )
 
 
 def _set_training(loaded: LoadedModel, training: bool | None) -> None:
