@@ -36,9 +36,10 @@ from ._gate import GatedDropout, StrippedDropout
 from ._kinds.attribute import register_dropout_attribute
 from ._kinds.drop_path import register_drop_path
 from ._mc import mc_mean, mc_sample, mc_variance
+from ._pipeline import RecipeResult, StepOutcome, apply_recipe
 from ._randomops import RandomOpCounter, count_random_ops
 from ._ready import RandomOp, check_export_ready
-from ._recipe import Recipe, RecipeResult, RecipeStep, StepOutcome, apply_recipe
+from ._recipe import Recipe, RecipeStep
 from ._schedule import (
     ConstantDropout,
     CosineDropout,

@@ -19,8 +19,8 @@ import torch
 
 from ._api import find, strip
 from ._bench import compare_throughput
+from ._pipeline import export_step, verify_step
 from ._randomops import count_random_ops
-from ._recipe import export_step, verify_step
 from ._report import format_sites
 from .demo import build_demo_model, demo_inputs
 

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 import surgery
-from surgery import RecipeError, SelectionError
+from surgery import Recipe, RecipeError, RecipeStep, SelectionError, apply_recipe
 from surgery._api import state_of
-from surgery._recipe import Recipe, RecipeStep, apply_recipe
 from surgery.demo import build_demo_model, demo_inputs
 
 FULL = """
@@ -225,7 +224,9 @@ def test_the_readme_recipe_is_a_valid_recipe_for_the_demo_model() -> None:
     assert result.passed
 
 
-@pytest.mark.parametrize("module", ["surgery._recipe", "surgery._inputs"])
+@pytest.mark.parametrize(
+    "module", ["surgery._recipe", "surgery._pipeline", "surgery._inputs"]
+)
 def test_docstring_examples_run(module: str) -> None:
     results = doctest.testmod(importlib.import_module(module))
     assert results.attempted > 0

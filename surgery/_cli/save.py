@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from .._recipe import FORMATS, ExportFormat, export_step
+from .._pipeline import export_step
+from .._recipe import FORMATS, ExportFormat
 from .errors import UsageProblem
 from .examples import Examples
 
