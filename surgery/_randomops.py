@@ -96,8 +96,9 @@ class RandomOpCounter(TorchDispatchMode):
 
     Example:
         >>> model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)).train()
+        >>> x = torch.randn(2, 4)  # drawn outside: it would count too
         >>> with RandomOpCounter(model) as counter:
-        ...     _ = model(torch.randn(2, 4))
+        ...     _ = model(x)
         >>> counter.count, counter.by_module()
         (1, {'1': 1})
     """
