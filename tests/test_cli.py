@@ -808,6 +808,7 @@ def test_unknown_format(
         (["--mode", "sometimes"], "Invalid value for '--mode'"),
         (["--p", "1.5"], "Invalid value for '--p'"),
         (["--bogus"], "No such option '--bogus'"),
+        (["--report", "out.pt2"], "--report out.pt2 is the -o file"),
     ],
 )
 def test_bad_flags_are_usage_errors(work: Path, args: list[str], message: str) -> None:

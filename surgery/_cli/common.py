@@ -91,12 +91,12 @@ def check_verifiable(loaded: LoadedModel, what: str) -> None:
 def check_report(
     report_path: Path | None, output: Path, inputs: list[Path]
 ) -> Path | None:
+    """Refuse a ``--report`` path that is an input or the ``-o`` file itself."""
     if report_path is None:
         return None
-    target = check_output(
-        report_path, inputs=[*inputs, output], overwrite=False, flag="--report"
-    )
-    return target
+    if report_path.expanduser().absolute() == output:
+        raise UsageProblem(f"--report {report_path} is the -o file; give it its own")
+    return check_output(report_path, inputs=inputs, overwrite=False, flag="--report")
 
 
 def needs_inputs(what: str) -> UsageProblem:

@@ -85,8 +85,12 @@ def _load_tensors(path: Path) -> Any:
     with path.open("rb") as handle:
         head = handle.read(9)
     if head[8:9] == b"{":
-        from safetensors.torch import load_file
-
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise UsageProblem(
+                f"--inputs {path} is safetensors; install safetensors to read it"
+            ) from None
         try:
             return load_file(str(path))
         except Exception as error:
