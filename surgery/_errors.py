@@ -5,6 +5,8 @@ from the builtin they refine, so callers can catch either::
 
     SurgeryError
     ├── BenchmarkError(SurgeryError, ValueError)    a benchmark cannot run as asked
+    ├── ExportError(SurgeryError, RuntimeError)     an export failed a check; no file
+    ├── OptionError(SurgeryError, ValueError)       an option (p, mode) is out of range
     ├── SelectionError(SurgeryError, ValueError)    a selector matched nothing
     ├── RecipeError(SurgeryError, ValueError)       a recipe file is malformed
     ├── SiteError(SurgeryError, TypeError)          a site cannot do what was asked
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 __all__ = [
     "BenchmarkError",
+    "ExportError",
+    "OptionError",
     "RecipeError",
     "SelectionError",
     "SiteError",
@@ -33,6 +37,14 @@ class SurgeryError(Exception):
 
 class BenchmarkError(SurgeryError, ValueError):
     """A throughput comparison cannot run with the model, inputs or options given."""
+
+
+class ExportError(SurgeryError, RuntimeError):
+    """An export failed a check (random ops left, outputs differ); no file written."""
+
+
+class OptionError(SurgeryError, ValueError):
+    """An option such as ``p`` or ``mode`` has a value it cannot take."""
 
 
 class SelectionError(SurgeryError, ValueError):

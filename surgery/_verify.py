@@ -48,7 +48,7 @@ from ._select import Selector
 from ._site import Mode, Site
 from ._verify_report import Claim, VerificationReport
 
-__all__ = ["preserved_rng", "verify"]
+__all__ = ["preserved_rng", "scratch_copy", "seed_all", "verify"]
 
 logger = logging.getLogger("surgery")
 
@@ -137,7 +137,7 @@ def verify(
         expected, exact, summary = _expected_model(
             reference, reference_sites, candidate_sites
         )
-        actual = _scratch_copy(candidate, "candidate")
+        actual = scratch_copy(candidate, "candidate")
         claims += _train_claims(
             actual,
             expected,
@@ -211,7 +211,7 @@ def _device_of(model: nn.Module, inputs: Any) -> str:
     return "cpu"
 
 
-def _scratch_copy(model: nn.Module, name: str) -> nn.Module:
+def scratch_copy(model: nn.Module, name: str) -> nn.Module:
     """A deep copy to run on, without the caller's gradients."""
     try:
         scratch = copy.deepcopy(model)
@@ -248,7 +248,7 @@ def _expected_model(
         ):
             plan["train"].add(site.path)
 
-    expected = _scratch_copy(reference, "reference")
+    expected = scratch_copy(reference, "reference")
     for mode, paths in plan.items():
         if paths:
             set_dropout(expected, _paths_in(paths), mode=mode)

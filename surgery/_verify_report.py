@@ -12,7 +12,7 @@ import torch
 from ._compare import LeafResult, Tolerance
 from ._errors import VerificationError
 
-__all__ = ["Claim", "VerificationReport"]
+__all__ = ["Claim", "VerificationReport", "format_results"]
 
 # Passing rows shown per claim in the table; failing rows are always shown.
 _PASSING_ROWS: Final = 12
@@ -150,7 +150,7 @@ class VerificationReport:
             mark = "pass" if claim.passed else "FAIL"
             lines.append("")
             lines.append(f"[{mark}] {claim.name}: {claim.description}")
-            lines.extend("  " + line for line in _table(claim.results))
+            lines.extend("  " + line for line in format_results(claim.results))
         return "\n".join(lines)
 
     def _summary(self) -> str:
@@ -162,7 +162,8 @@ class VerificationReport:
         )
 
 
-def _table(results: tuple[LeafResult, ...]) -> list[str]:
+def format_results(results: tuple[LeafResult, ...]) -> list[str]:
+    """A fixed-width table of leaves: every failure, and the first passes."""
     shown = [result for result in results if not result.passed]
     passing = [result for result in results if result.passed]
     shown += passing[:_PASSING_ROWS]
