@@ -12,6 +12,7 @@ import copy
 import importlib
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from . import _api
-from ._errors import RecipeError, SurgeryError, VerificationError
+from ._errors import RecipeError, SurgeryError, SurgeryWarning, VerificationError
 from ._inputs import InputSpec, make_inputs, token_bound
 from ._kinds.base import Undo
 from ._recipe import ExportFormat, Recipe, RecipeStep
@@ -43,7 +44,15 @@ M = TypeVar("M", bound=nn.Module | torch.export.ExportedProgram)
 
 @dataclass(frozen=True)
 class StepOutcome:
-    """What one step did: the sites it changed, its report, the file it wrote."""
+    """What one step did.
+
+    Attributes:
+        step: The step.
+        sites: For strip and gate: the paths of the sites it acted on.
+        report: For verify: the :class:`~surgery.VerificationReport`.
+        output: For export: the file written.
+        exported: For export: the :class:`~surgery.ExportResult`.
+    """
 
     step: RecipeStep
     sites: tuple[str, ...] = ()
@@ -173,11 +182,11 @@ def _run_step(
     exclude = list(step.exclude) if step.exclude else None
     try:
         if step.action == "strip":
-            chosen = _api.find(model, select, exclude=exclude)
+            chosen = _chosen(model, select, exclude)
             model = _api.strip(model, select, exclude=exclude)
             return StepOutcome(step, _paths(chosen)), model
         if step.action == "gate":
-            chosen = _api.find(model, select, exclude=exclude)
+            chosen = _chosen(model, select, exclude)
             if step.mode is None and step.p is None:
                 model = _api.gate(model, select, exclude=exclude)
             else:
@@ -206,6 +215,13 @@ def _track_off(step: RecipeStep, outcome: StepOutcome, off: set[str]) -> None:
         off.update(outcome.sites)
     elif step.action == "gate" and step.mode is not None:
         off.difference_update(outcome.sites)
+
+
+def _chosen(model: Any, select: Any, exclude: Any) -> list[Site]:
+    """The sites a verb is about to act on; the verb itself warns, not this look."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SurgeryWarning)
+        return _api.find(model, select, exclude=exclude)
 
 
 def _paths(sites: Sequence[Site]) -> tuple[str, ...]:

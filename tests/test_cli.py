@@ -218,10 +218,15 @@ def test_select_and_exclude_use_the_python_grammar_and_repeat_as_a_list() -> Non
     ]
 
 
-def test_an_exclude_that_matches_nothing_warns_in_one_line() -> None:
-    result = run("inspect", DEMO, "--exclude", "nothing.here")
+@pytest.mark.parametrize("command", ["inspect", "strip"])
+def test_an_exclude_that_matches_nothing_warns_once_in_one_line(
+    command: str, files: Files, tmp_path: Path
+) -> None:
+    out = ["-o", tmp_path / "out.pt2"] if command == "strip" else []
 
-    assert result.exit_code == 0
+    result = run(command, files.train_pt2, "--exclude", "nothing.here", *out)
+
+    assert result.exit_code == 0, result.stderr
     assert result.stderr.strip() == (
         "surgery: warning: exclude 'nothing.here' matched no dropout site; is it a "
         "typo?"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 from .. import _api
+from .._errors import SurgeryWarning
 from .._pipeline import VERIFY_EXPORTED
+from .._site import Site
 from .errors import CliError, UsageProblem, VerificationFailed
 from .io import check_output
 from .load import LoadedModel, load_model
@@ -47,18 +50,18 @@ def load_for(
 
 
 def find_sites(
-    loaded: LoadedModel, select: tuple[str, ...], exclude: tuple[str, ...]
-) -> Any:
+    loaded: LoadedModel,
+    select: tuple[str, ...],
+    exclude: tuple[str, ...],
+    *,
+    quiet: bool = False,
+) -> list[Site]:
+    """The selected sites; ``quiet`` for a look ahead of a verb that will warn."""
     model: Any = loaded.model
-    try:
+    with warnings.catch_warnings():
+        if quiet:
+            warnings.simplefilter("ignore", SurgeryWarning)
         return _api.find(model, list(select) or None, exclude=list(exclude) or None)
-    except TypeError as error:
-        if loaded.kind in ("pt2", "torchscript"):
-            raise CliError(
-                f"MODEL {loaded.source}: this version of surgery cannot find sites "
-                f"in a {FORMAT_NAMES.get(loaded.kind, loaded.kind)} ({error})"
-            ) from None
-        raise
 
 
 def set_training(loaded: LoadedModel, training: bool | None) -> None:

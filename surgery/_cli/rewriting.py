@@ -159,7 +159,7 @@ def _rewrite_command(
         raise needs_inputs("--verify")
     reference = copy.deepcopy(loaded.model) if verify else None
 
-    chosen = find_sites(loaded, select, exclude)
+    chosen = find_sites(loaded, select, exclude, quiet=True)
     turns_off = action == "strip" or mode == "off"
     rewritten = _apply_verb(loaded, action, select, exclude, mode, p)
 
