@@ -115,9 +115,10 @@ def check_export_ready(
             example inputs.
 
     Example:
+        >>> from surgery import strip
         >>> model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1))
-        >>> [str(op) for op in check_export_ready(model, torch.ones(1, 4))]
-        ['aten.bernoulli_ in 1']
+        >>> [(op.op, op.location) for op in check_export_ready(model, torch.ones(1, 4))]
+        [('aten.bernoulli_', '1')]
         >>> check_export_ready(strip(model), torch.ones(1, 4))
         []
     """

@@ -110,6 +110,7 @@ def verify(
 
     Example:
         >>> import copy
+        >>> from surgery import strip
         >>> model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
         >>> stripped = strip(copy.deepcopy(model))
         >>> report = verify(model, stripped, torch.ones(2, 4), require_off="*")
