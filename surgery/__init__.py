@@ -23,6 +23,7 @@ from ._compare import DEFAULT_TOLERANCES, LeafResult, Tolerance
 from ._errors import (
     BenchmarkError,
     ExportError,
+    OptionError,
     RecipeError,
     SelectionError,
     SiteError,
@@ -71,6 +72,7 @@ __all__ = [
     "LeafResult",
     "LinearDropout",
     "Mode",
+    "OptionError",
     "RandomOp",
     "RandomOpCounter",
     "Recipe",

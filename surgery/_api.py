@@ -46,7 +46,7 @@ M = TypeVar("M", bound=nn.Module | torch.export.ExportedProgram)
 
 
 def find(
-    model: nn.Module,
+    model: nn.Module | torch.export.ExportedProgram,
     select: Selector | None = None,
     *,
     exclude: Selector | None = None,
@@ -85,7 +85,7 @@ def find(
     _check_model(model)
     if is_exported(model):
         return select_sites(find_exported(model), select, exclude)
-    index = ModuleIndex.build(model)  # type: ignore[arg-type]  # not exported
+    index = ModuleIndex.build(_module(model))
     return select_sites(_discover(index, example_inputs), select, exclude)
 
 
@@ -228,7 +228,14 @@ def _temporarily(
     model: M, select: Selector | None, exclude: Selector | None, mode: Mode
 ) -> Iterator[None]:
     before = {site.path: site for site in find(model, select, exclude=exclude)}
-    set_dropout(model, select, exclude=exclude, mode=mode)
+    # A stripped site is off already: leave its stand-in where it is.
+    changing = {
+        path
+        for path, site in before.items()
+        if not (mode == "off" and site.state == "stripped")
+    }
+    if changing:
+        set_dropout(model, lambda path, _: path in changing, mode=mode)
     try:
         yield
     finally:
@@ -274,7 +281,7 @@ def _rewrite(
             "an exported program keeps no record of what a rewrite removed; "
             "export the eager model again instead"
         )
-    index = ModuleIndex.build(model)  # type: ignore[arg-type]  # not exported
+    index = ModuleIndex.build(_module(model))
     chosen = select_sites(_discover(index, example_inputs), select, exclude)
     if select is None:
         chosen = _without_unclassified(chosen)
@@ -415,6 +422,13 @@ def _guard(site: Site, step: Callable[[], Undo]) -> Undo:
             f"could not rewrite {site.kind} site {site.path!r} ({site.cls}): "
             f"{error}. The model was left unchanged."
         ) from error
+
+
+def _module(model: object) -> nn.Module:
+    """``model`` as a module, once exported programs have been handled."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
+    return model
 
 
 def _check_model(model: object) -> None:

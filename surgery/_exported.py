@@ -64,7 +64,8 @@ def is_exported(obj: object) -> bool:
 
 def exported_graph(obj: Any) -> fx.GraphModule:
     if isinstance(obj, torch.export.ExportedProgram):
-        return obj.graph_module
+        module: fx.GraphModule = obj.graph_module
+        return module
     if isinstance(obj, fx.GraphModule):
         return obj
     raise TypeError(
@@ -185,7 +186,7 @@ def rewrite_exported(
     graph.lint()
     graph_module.recompile()
     if isinstance(obj, torch.export.ExportedProgram):
-        obj.validate()
+        obj.validate()  # type: ignore[no-untyped-call]  # untyped in torch
 
 
 def _silence(graph: fx.Graph, entry: _Node) -> None:
@@ -194,7 +195,7 @@ def _silence(graph: fx.Graph, entry: _Node) -> None:
     if packet in _ATTENTION_OPS:
         _set_argument(node, 4, "dropout_p", 0.0)
     elif packet in _DROPOUT_OPS:
-        node.replace_all_uses_with(node.args[0])
+        node.replace_all_uses_with(_input(node))
         graph.erase_node(node)
     elif packet is _aten.native_dropout:
         _silence_native(graph, node)
@@ -202,16 +203,23 @@ def _silence(graph: fx.Graph, entry: _Node) -> None:
         _silence_bernoulli(graph, entry)
 
 
+def _input(node: fx.Node) -> fx.Node:
+    source = node.args[0]
+    if not isinstance(source, fx.Node):
+        raise SiteError(f"{node.name}: its input is a constant, not a graph value")
+    return source
+
+
 def _silence_native(graph: fx.Graph, node: fx.Node) -> None:
     """``native_dropout`` returns (output, mask): the input, and a mask of ones."""
-    source = node.args[0]
+    source = _input(node)
     for user in list(node.users):
         if user.target is not operator.getitem:
             raise SiteError(
                 f"{node.name}: unexpected use of native_dropout by {user.name}"
             )
         if user.args[1] == 0:
-            user.replace_all_uses_with(source)  # type: ignore[arg-type]
+            user.replace_all_uses_with(source)
         else:
             with graph.inserting_before(user):
                 ones = graph.call_function(

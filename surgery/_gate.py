@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch._jit_internal import is_scripting
 
-from ._errors import SiteError
+from ._errors import OptionError, SiteError
 from ._site import MODES, Mode
 
 __all__ = ["KERNELS", "GatedDropout", "StrippedDropout"]
@@ -65,17 +65,17 @@ _STATE_DICTS: Final = (
 def check_p(p: object, *, where: str = "p") -> float:
     """Return ``p`` as a float, or raise ``ValueError`` if it is no probability."""
     if isinstance(p, bool) or not isinstance(p, (int, float)):
-        raise ValueError(f"{where} must be a float in [0, 1], got {p!r}")
+        raise OptionError(f"{where} must be a float in [0, 1], got {p!r}")
     value = float(p)
     if not 0.0 <= value <= 1.0 or math.isnan(value):
-        raise ValueError(f"{where} must be in [0, 1], got {value}")
+        raise OptionError(f"{where} must be in [0, 1], got {value}")
     return value
 
 
 def check_mode(mode: object) -> Mode:
     """Return ``mode`` if it is one of ``"train"``, ``"on"``, ``"off"``."""
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        raise OptionError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     return mode
 
 

@@ -255,12 +255,6 @@ def test_context_managers_put_back_stripped_and_gated_states(
     _assert_unchanged(model, before, new_stand_ins=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dropout_off/dropout_on put a stripped site back as a new "
-    "StrippedDropout; holds once the context managers keep the stand-in they "
-    "replaced and put that object back",
-)
 def test_context_managers_put_back_the_same_stripped_stand_in(
     model: DemoTransformer,
 ) -> None:

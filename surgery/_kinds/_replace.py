@@ -74,7 +74,12 @@ class ModuleSwapKind:
 
     def strip(self, index: ModuleIndex, site: Site) -> Undo:
         original = index.get(site.path)
-        stripped = StrippedDropout()
+        # One stand-in per original, so stripping again (after a context
+        # manager, say) puts back the very object that was there.
+        stripped = original.__dict__.get("_surgery_stand_in")
+        if not isinstance(stripped, StrippedDropout):
+            stripped = StrippedDropout()
+            original.__dict__["_surgery_stand_in"] = stripped
         adopt(stripped, original, self.name)
         return self._swap(index, original, stripped)
 
