@@ -9,7 +9,6 @@ command line calls the same two helpers, :func:`verify_step` and
 from __future__ import annotations
 
 import copy
-import importlib
 import os
 import re
 import warnings
@@ -23,11 +22,14 @@ from torch import nn
 
 from . import _api
 from ._errors import RecipeError, SurgeryError, SurgeryWarning, VerificationError
+from ._export import ExportResult, export
 from ._inputs import InputSpec, make_inputs, token_bound
 from ._kinds.base import Undo
 from ._recipe import ExportFormat, Recipe, RecipeStep
 from ._site import Site
 from ._tree import ModuleIndex
+from ._verify import verify
+from ._verify_report import VerificationReport
 
 __all__ = [
     "VERIFY_EXPORTED",
@@ -56,14 +58,14 @@ class StepOutcome:
 
     step: RecipeStep
     sites: tuple[str, ...] = ()
-    report: Any = None
+    report: VerificationReport | None = None
     output: Path | None = None
-    exported: Any = None
+    exported: ExportResult | None = None
 
     @property
     def passed(self) -> bool:
         """``False`` only for a verify step whose report failed."""
-        return self.report is None or bool(self.report.passed)
+        return self.report is None or self.report.passed
 
 
 @dataclass(frozen=True)
@@ -84,9 +86,9 @@ class RecipeResult:
         return all(outcome.passed for outcome in self.outcomes)
 
     @property
-    def reports(self) -> list[Any]:
+    def reports(self) -> list[VerificationReport]:
         """The reports of the verify steps, in order."""
-        return [o.report for o in self.outcomes if o.step.action == "verify"]
+        return [o.report for o in self.outcomes if o.report is not None]
 
 
 def apply_recipe(
@@ -157,7 +159,7 @@ def apply_recipe(
             )
             _track_off(step, outcome, off)
             outcomes.append(outcome)
-            if not outcome.passed:
+            if outcome.report is not None and not outcome.report.passed:
                 if check:
                     outcome.report.raise_for_failure()
                 break
@@ -235,14 +237,12 @@ def verify_step(
     kwargs: dict[str, Any],
     *,
     require_off: Sequence[str] = (),
-) -> Any:
+) -> VerificationReport:
     """Run :func:`surgery.verify`; the one place recipes and the CLI call it.
 
     ``require_off`` lists site paths the rewrite turned off: verify then
     also checks that each of them is off, not only that it claims to be.
     """
-    from ._verify import verify
-
     if isinstance(reference, torch.export.ExportedProgram):
         raise SurgeryError(VERIFY_EXPORTED)
     # Exact paths as full-match regexes: sites of exported programs have no
@@ -282,7 +282,7 @@ def export_step(
     strip: bool = False,
     script: bool = False,
     allow_random: bool | None = None,
-) -> Any:
+) -> ExportResult:
     """Run :func:`surgery.export` on a model the steps before have rewritten.
 
     By default the sites export as the steps left them (``strip=False``).
@@ -290,12 +290,6 @@ def export_step(
     off (one left would be a site surgery missed) and allowed otherwise
     (the steps chose to keep some dropout).
     """
-    try:
-        export = importlib.import_module("._export", __package__).export
-    except ImportError:
-        raise SurgeryError(
-            "export is not available in this version of surgery"
-        ) from None
     if allow_random is None:
         allow_random = not strip and _still_drops(model)
     return export(

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from ._errors import RecipeError
+from ._export import FORMATS, ExportFormat
 from ._gate import check_mode, check_p
 from ._inputs import InputSpec
 from ._site import Mode
@@ -45,9 +46,7 @@ from ._site import Mode
 __all__ = ["ACTIONS", "FORMATS", "Action", "ExportFormat", "Recipe", "RecipeStep"]
 
 Action = Literal["strip", "gate", "verify", "export"]
-ExportFormat = Literal["pt2", "torchscript", "onnx"]
 ACTIONS: tuple[Action, ...] = get_args(Action)
-FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
 
 _KEYS: dict[str, tuple[str, ...]] = {
     "strip": ("select", "exclude"),

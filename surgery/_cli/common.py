@@ -9,6 +9,7 @@ from typing import Any
 from .. import _api
 from .._errors import SurgeryWarning
 from .._pipeline import VERIFY_EXPORTED
+from .._ready import check_export_ready
 from .._site import Site
 from .errors import CliError, UsageProblem, VerificationFailed
 from .io import check_output
@@ -122,8 +123,6 @@ def graph_random_ops(loaded: LoadedModel) -> list[Any] | None:
     """The random ops left in a .pt2 or TorchScript graph; ``None`` for a module."""
     if loaded.kind not in ("pt2", "torchscript"):
         return None
-    from .._ready import check_export_ready
-
     return list(check_export_ready(loaded.model))
 
 
