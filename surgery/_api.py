@@ -15,18 +15,16 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from ._discover import discover
 from ._errors import SiteError
 from ._exported import find_exported, is_exported, rewrite_exported
 from ._force import sync_forcing
-from ._gate import check_mode, check_p, kind_of
-from ._kinds import KINDS, kind_named
+from ._gate import check_mode, check_p
+from ._kinds import kind_named
 from ._kinds.base import Undo
-from ._kinds.functional import FunctionalKind, call_path
-from ._kinds.unclassified import unclassified_site
-from ._observe import observe
 from ._select import Selector, select_sites
 from ._site import Mode, Site, State
-from ._tree import ModuleIndex, qualname
+from ._tree import ModuleIndex
 from ._warn import warn
 
 __all__ = [
@@ -86,7 +84,7 @@ def find(
     if is_exported(model):
         return select_sites(find_exported(model), select, exclude)
     index = ModuleIndex.build(_module(model))
-    return select_sites(_discover(index, example_inputs), select, exclude)
+    return select_sites(discover(index, example_inputs), select, exclude)
 
 
 def strip(
@@ -282,14 +280,14 @@ def _rewrite(
             "export the eager model again instead"
         )
     index = ModuleIndex.build(_module(model))
-    chosen = select_sites(_discover(index, example_inputs), select, exclude)
+    chosen = select_sites(discover(index, example_inputs), select, exclude)
     if select is None:
         chosen = _without_unclassified(chosen)
     undos: list[Undo] = []
     try:
         for site in chosen:
             undos.extend(transition(index, site))
-        undos.append(sync_forcing(index, _discover(index)))
+        undos.append(sync_forcing(index, discover(index)))
     except BaseException:
         for undo in reversed(undos):
             undo()
@@ -298,62 +296,6 @@ def _rewrite(
         "%s: %d site(s) on %s", transition.__name__, len(chosen), type(model).__name__
     )
     return model
-
-
-def _discover(index: ModuleIndex, example_inputs: Any = None) -> list[Site]:
-    sites = _static_sites(index)
-    if example_inputs is not None:
-        sites += _runtime_sites(index, sites, example_inputs)
-    return sites
-
-
-def _static_sites(index: ModuleIndex) -> list[Site]:
-    claimed: set[int] = set()
-    sites = [site for kind in KINDS for site in kind.discover(index, claimed)]
-    order = {path: position for position, path in enumerate(index.modules)}
-    return sorted(
-        sites, key=lambda site: order.get(site.path, order.get(site.owner, 0))
-    )
-
-
-def _runtime_sites(
-    index: ModuleIndex, known: list[Site], example_inputs: Any
-) -> list[Site]:
-    """What only a forward pass reveals: calls outside forward, other randomness."""
-    module_sites = [site.path for site in known if site.path in index.modules]
-    seen = observe(index.model, example_inputs, site_modules=module_sites)
-    known_paths = {path for site in known for path in site.paths}
-    owner_rates: dict[str, set[float]] = {}
-    for site in known:
-        if kind_named(site.kind).reads_through_owner:
-            owner_rates.setdefault(site.owner, set()).update({site.p, site.original_p})
-
-    functional = FunctionalKind()
-    found = []
-    for call in seen.calls:
-        module = index.modules.get(call.module)
-        if module is None or kind_of(module) is not None:
-            continue  # a gate's own kernel
-        if any(_within(call.module, path) for path in module_sites):
-            continue  # a dropout module's own forward
-        if call.p in owner_rates.get(call.module, ()):
-            continue  # a float attribute or a module's .p passed on
-        if call_path(call.module, call.call) in known_paths:
-            continue
-        found.append(functional.observed_site(index, call.module, call.call, call.p))
-        known_paths.add(found[-1].path)
-    for random in seen.unclassified:
-        cls = (
-            qualname(index.modules[random.module])
-            if random.module in index.modules
-            else ""
-        )
-        found.append(unclassified_site(random.module, random.op, random.count, cls))
-    return found
-
-
-def _within(path: str, ancestor: str) -> bool:
-    return path == ancestor or path.startswith(ancestor + ".")
 
 
 def _without_unclassified(sites: list[Site]) -> list[Site]:

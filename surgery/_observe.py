@@ -30,11 +30,18 @@ __all__ = ["Observation", "call_model", "observe"]
 
 @dataclass(frozen=True)
 class ObservedCall:
-    """A dropout function call made by a module's own code during the forward."""
+    """A function that dropped, called by a module's own code during the forward.
+
+    ``own`` is true for a dropout function (a call site of its own); false for
+    a kernel that drops with its module's float attribute (``torch.lstm``,
+    ``multi_head_attention_forward``).
+    """
 
     module: str
-    call: str  # "dropout#0"
+    call: str  # "dropout#0", or the kernel's name
     p: float
+    random_ops: int
+    own: bool = True
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,7 @@ class Observation:
     calls: list[ObservedCall] = field(default_factory=list)
     unclassified: list[UnclassifiedRandomness] = field(default_factory=list)
     random_ops: int = 0
+    in_site_modules: dict[str, int] = field(default_factory=dict)
 
 
 def call_model(model: nn.Module, example_inputs: Any) -> Any:
@@ -80,27 +88,38 @@ class _CallRecorder(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
-        name = call_name(func)
-        if name is None:
-            if _drops_inside(func, kwargs):
-                return self._attribute_inside(func, args, kwargs)
-            return func(*args, **kwargs)
         module = self.counter.current_module
-        index = self._counts.get((module, name), 0)
-        self._counts[(module, name)] = index + 1
-        p = read_probability(name, args, kwargs)
-        self.calls.append(ObservedCall(module, f"{name}#{index}", _as_float(p)))
-        return self._attribute_inside(func, args, kwargs)
+        name = call_name(func)
+        if name is not None:
+            index = self._counts.get((module, name), 0)
+            self._counts[(module, name)] = index + 1
+            p = _as_float(read_probability(name, args, kwargs))
+            return self._run(func, args, kwargs, module, f"{name}#{index}", p, own=True)
+        if _drops_inside(func, kwargs):
+            p = _as_float(kwargs.get("dropout_p", kwargs.get("dropout", float("nan"))))
+            kernel = str(getattr(func, "__name__", func))
+            return self._run(func, args, kwargs, module, kernel, p, own=False)
+        return func(*args, **kwargs)
 
-    def _attribute_inside(
-        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    def _run(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        module: str,
+        call: str,
+        p: float,
+        *,
+        own: bool,
     ) -> Any:
-        """Run ``func``; the random ops it runs are dropout."""
+        """Run ``func``; the random ops it runs are dropout, and its own."""
         before = len(self.counter.events)
         try:
             return func(*args, **kwargs)
         finally:
-            self.inside.update(range(before, len(self.counter.events)))
+            after = len(self.counter.events)
+            self.inside.update(range(before, after))
+            self.calls.append(ObservedCall(module, call, p, after - before, own))
 
 
 # Functions that apply dropout inside, with the probability of a float
@@ -142,11 +161,14 @@ def observe(
 
     sites = tuple(site_modules)
     unexplained: dict[tuple[str, str], int] = {}
+    in_sites: dict[str, int] = {}
     for position, event in enumerate(counter.events):
-        if position in recorder.inside or _within(event.module, sites):
-            continue
-        key = (event.module, event.op)
-        unexplained[key] = unexplained.get(key, 0) + 1
+        site = next((s for s in sites if _within(event.module, (s,))), None)
+        if site is not None:
+            in_sites[site] = in_sites.get(site, 0) + 1
+        elif position not in recorder.inside:
+            key = (event.module, event.op)
+            unexplained[key] = unexplained.get(key, 0) + 1
     return Observation(
         calls=recorder.calls,
         unclassified=[
@@ -154,6 +176,7 @@ def observe(
             for (module, op), count in unexplained.items()
         ],
         random_ops=counter.count,
+        in_site_modules=in_sites,
     )
 
 

@@ -40,6 +40,9 @@ class Site:
         mode: The gate's mode when ``state == "gated"``, else ``None``.
         mechanism: How surgery controls the site, in words a person reads.
         aliases: Other paths under which the same module is registered.
+        random_ops: How many random ops the site drew in the forward that
+            ``find(..., example_inputs=...)`` observed; ``None`` when no
+            forward was observed.
         module: The object selectors see: the original dropout module, or the
             owner module for an attribute. Not part of equality or ``repr``.
     """
@@ -54,6 +57,7 @@ class Site:
     mode: Mode | None
     mechanism: str
     aliases: tuple[str, ...] = ()
+    random_ops: int | None = None
     module: nn.Module | None = field(default=None, compare=False, repr=False)
 
     @property

@@ -191,6 +191,16 @@ class FunctionalKind:
             return dataclasses.replace(site, mechanism=mechanism)
         return site
 
+    @staticmethod
+    def call_of_gate(index: ModuleIndex, owner: str, gate: str) -> str | None:
+        """The site path of the traced call that the gate at ``gate`` stands for."""
+        record = _fxsites.record_of(index.get(owner))
+        name = gate.rpartition(".")[2]
+        for call, gate_name in record.calls.items() if record else ():
+            if gate_name == name:
+                return call_path(owner, call)
+        return None
+
     # -- rewrites --------------------------------------------------------------
 
     def strip(self, index: ModuleIndex, site: Site) -> Undo:
