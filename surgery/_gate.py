@@ -237,6 +237,16 @@ class GatedDropout(nn.Module):
     def extra_repr(self) -> str:
         return f"p={self._rate}, mode={self.mode!r}, kernel={self.kernel!r}"
 
+    def train(self, mode: bool = True) -> "GatedDropout":
+        """Set the training flag, and that of the module the gate calls."""
+        super().train(mode)
+        # The called module is no child (its tensors are shared instead), so
+        # nn.Module.train would not reach it.
+        inner = self.__dict__.get("inner")
+        if isinstance(inner, nn.Module):
+            inner.training = mode
+        return self
+
     def forward(self, x: Tensor) -> Tensor:
         if self.mode == "off":
             return x

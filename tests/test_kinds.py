@@ -554,6 +554,60 @@ def test_drop_path_classes_recognised_by_name_and_gated_bitwise(name: str) -> No
     assert torch.equal(_run(model, x, seed=11), original)
 
 
+class TimmStyleDropBlock(nn.Module):
+    """Zeroes square blocks of feature maps, renormalising what is kept."""
+
+    def __init__(self, drop_prob: float = 0.1, block_size: int = 3) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+        self.block_size = block_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        # Block centres drawn so that about drop_prob of the map is covered.
+        centres = (torch.rand_like(x) < self.drop_prob / self.block_size**2).to(x.dtype)
+        covered = F.max_pool2d(
+            centres, self.block_size, stride=1, padding=self.block_size // 2
+        )
+        keep = 1.0 - covered
+        return x * keep * (keep.numel() / keep.sum().clamp_min(1.0))
+
+
+TimmStyleDropBlock.__module__ = "timm.layers.drop"
+TimmStyleDropBlock.__qualname__ = "DropBlock2d"
+
+
+def test_drop_block_is_gated_by_calling_it() -> None:
+    drop = TimmStyleDropBlock(0.3)
+    model = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), drop).train()
+    x = torch.randn(2, 2, 8, 8)
+    original = _run(model, x)
+    reference = _run(model.eval(), x)
+    assert not torch.equal(original, reference)
+
+    (site,) = surgery.find(model.train())
+    assert (site.path, site.kind, site.p) == ("1", "drop_path", 0.3)
+
+    surgery.gate(model)
+    assert torch.equal(_run(model, x), original)
+    assert torch.equal(_run(model.eval(), x), reference)
+
+    surgery.set_dropout(model, mode="on", p=0.5)
+    assert drop.drop_prob == 0.5
+    assert count_random_ops(model, x).count == 1
+    assert not drop.training
+
+    surgery.strip(model.train())
+    assert count_random_ops(model, x).count == 0
+    assert torch.equal(_run(model, x), reference)
+
+    surgery.restore(model)
+    assert model[1] is drop
+    assert drop.drop_prob == 0.3
+    assert torch.equal(_run(model, x), original)
+
+
 class SkipBranch(nn.Module):
     """A user's own stochastic depth: skips the branch for the whole batch."""
 
