@@ -271,3 +271,21 @@ def test_every_dropout_function(name: str, traceable: bool) -> None:
     surgery.set_dropout(model, mode="off")
     assert count_random_ops(model, x).count == 0
     assert torch.equal(model(x), reference.eval()(x))
+
+
+@pytest.mark.parametrize("manager", [surgery.dropout_off, surgery.dropout_on])
+def test_context_managers_put_call_sites_back(
+    model: Calls, x: Tensor, manager: object
+) -> None:
+    surgery.set_dropout(model, "traceable:dropout#1", mode="on", p=0.4)
+    before = surgery.find(model)
+    model.eval()
+
+    with pytest.raises(RuntimeError, match="inside"):
+        with manager(model):  # type: ignore[operator]
+            drawn = count_random_ops(model, x).count
+            assert drawn == (0 if manager is surgery.dropout_off else 6)
+            raise RuntimeError("inside")
+
+    assert surgery.find(model) == before
+    assert count_random_ops(model, x).count == 1

@@ -122,3 +122,29 @@ def test_keyword_inputs_are_passed_as_keywords() -> None:
     model.add_module("inner", Keywords())
     sites = surgery.find(model.inner, example_inputs={"tokens": torch.ones(3)})
     assert [site.path for site in sites] == [":dropout#0"]
+
+
+def test_every_random_op_is_attributed_to_one_site(model: Encoder, x: Tensor) -> None:
+    total = count_random_ops(model.train(), x).count
+
+    sites = surgery.find(model, example_inputs=x)
+
+    assert sum(site.random_ops or 0 for site in sites) == total
+    assert {site.path: site.random_ops for site in sites} == {
+        "layers.0:dropout#0": 1,
+        "layers.1:dropout#0": 1,
+        "head.1": 1,
+        ":rand": 2,
+        ":randn_like": 1,
+    }
+    assert all(site.random_ops is None for site in surgery.find(model))
+
+
+def test_draws_of_float_attributes_inside_fused_kernels_are_theirs() -> None:
+    model = nn.Sequential(nn.LSTM(4, 4, num_layers=3, dropout=0.2))
+    x = torch.randn(5, 2, 4)
+
+    (site,) = surgery.find(model, example_inputs=x)
+
+    assert site.path == "0.dropout"
+    assert site.random_ops == count_random_ops(model.train(), x).count == 2
