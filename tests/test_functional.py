@@ -281,11 +281,14 @@ def test_context_managers_put_call_sites_back(
     before = surgery.find(model)
     model.eval()
 
-    with pytest.raises(RuntimeError, match="inside"):
+    def body() -> None:
         with manager(model):  # type: ignore[operator]
             drawn = count_random_ops(model, x).count
             assert drawn == (0 if manager is surgery.dropout_off else 6)
             raise RuntimeError("inside")
+
+    with pytest.raises(RuntimeError, match="inside"):
+        body()
 
     assert surgery.find(model) == before
     assert count_random_ops(model, x).count == 1
