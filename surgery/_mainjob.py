@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import torch
 
-from ._api import find, strip
+from ._api import find, gate, set_dropout, strip
 from ._bench import compare_throughput
 from ._pipeline import export_step, verify_step
 from ._randomops import count_random_ops
@@ -38,6 +38,8 @@ class DemoSummary:
     kinds: dict[str, int]
     random_ops_before: int
     random_ops_after: int
+    deterministic_after: bool
+    gate_same_draws: bool
     claims_passed: int
     claims: int
     export: str
@@ -61,7 +63,10 @@ class DemoSummary:
             "Summary",
             f"  found     {self.sites} dropout sites ({kinds})",
             f"  stripped  all of them: random ops per train-mode forward "
-            f"{self.random_ops_before} -> {self.random_ops_after}",
+            f"{self.random_ops_before} -> {self.random_ops_after}"
+            + (", deterministic" if self.deterministic_after else ", STILL RANDOM"),
+            "  gated     the same draws as the original under a seed: "
+            + ("yes" if self.gate_same_draws else "NO"),
             f"  verified  {self.claims_passed} of {self.claims} claims hold",
             f"  exported  {where}, {self.export_bytes / 1000:.0f} kB: "
             f"{self.export_random_ops} random ops, output {matches} eager",
@@ -109,6 +114,19 @@ def run_demo(
         f"2/{_STEPS} strip: every site stripped; a train-mode forward ran "
         f"{before} random ops, now {after}"
     )
+    random_before, random_after = _differ(model, x), _differ(stripped, x)
+    say(
+        "    two train-mode forwards on one input: "
+        f"{'differ' if random_before else 'agree'} before, "
+        f"{'differ' if random_after else 'agree'} after"
+        + ("" if random_after else " (deterministic)")
+    )
+    same_draws, gated_off_differ = _gated(model, x)
+    off = "still random" if gated_off_differ else "deterministic"
+    say(
+        f"    gated instead: same draws as the original under a seed ({same_draws}); "
+        f"gates off: {off}"
+    )
 
     report = verify_step(model, stripped, (x,), {}, require_off=[s.path for s in sites])
     held = sum(claim.passed for claim in report.claims)
@@ -130,6 +148,8 @@ def run_demo(
         kinds=kinds,
         random_ops_before=before,
         random_ops_after=after,
+        deterministic_after=not random_after,
+        gate_same_draws=same_draws,
         claims_passed=held,
         claims=len(report.claims),
         export=str(exported.path),
@@ -143,6 +163,24 @@ def run_demo(
     for line in summary.lines():
         say(line)
     return summary
+
+
+def _differ(model: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether two forwards on the same input give different outputs."""
+    with torch.random.fork_rng(devices=[]):
+        return not torch.equal(model(x), model(x))
+
+
+def _gated(model: torch.nn.Module, x: torch.Tensor) -> tuple[bool, bool]:
+    """Gate a copy: same draws as ``model`` under one seed; with gates off, random?"""
+    gated = gate(copy.deepcopy(model))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        expected = model(x)
+        torch.manual_seed(0)
+        same = bool(torch.equal(gated(x), expected))
+    set_dropout(gated, mode="off")
+    return same, _differ(gated, x)
 
 
 @dataclass(frozen=True)

@@ -696,6 +696,8 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     assert summary["sites"] == 10
     assert summary["random_ops_before"] > 0
     assert summary["random_ops_after"] == 0
+    assert summary["deterministic_after"] is True
+    assert summary["gate_same_draws"] is True
     assert summary["claims_passed"] == summary["claims"]
     assert summary["export_random_ops"] == 0
     assert summary["export_matches_eager"] is True
