@@ -67,7 +67,10 @@ class Screen:
         if self.json_mode:
             return
         if self._console is not None:
-            table = Table(*headers, title=title, title_justify="left")
+            table = Table(title=title, title_justify="left")
+            for number, header in enumerate(headers):
+                # The first column names the row (a site path): never cut it.
+                table.add_column(header, no_wrap=number == 0)
             for row in rows:
                 table.add_row(*row)
             self._console.print(table)
