@@ -42,7 +42,7 @@ from ._compare import (
     resolve_tolerances,
 )
 from ._errors import ExportError, SurgeryError
-from ._leaves import ExampleInputs, split_inputs, tensor_leaves
+from ._leaves import ExampleInputs, discovery_inputs, split_inputs, tensor_leaves
 from ._ready import RandomOp, check_export_ready, load_torchscript
 from ._verify import preserved_rng, scratch_copy, seed_all
 from ._verify_report import Claim, format_results
@@ -160,7 +160,7 @@ def export(
 
     with preserved_rng(model, args, kwargs), _temporary_next_to(target) as temporary:
         working = scratch_copy(model, "model")
-        stripped = _strip(working) if strip else ()
+        stripped = _strip(working, discovery_inputs(args, kwargs)) if strip else ()
         saver = _Saver(format, script=script, strip=strip)
         loaded, random_ops = _export_and_load(
             saver, working, args, kwargs, temporary, allow_random
@@ -200,10 +200,25 @@ def _temporary_next_to(target: Path) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
-def _strip(model: nn.Module) -> tuple[str, ...]:
-    changed = tuple(site.path for site in find(model) if site.state != "stripped")
-    strip_sites(model)
-    return changed
+def _strip(model: nn.Module, seen: Any) -> tuple[str, ...]:
+    """Strip every site, those seen only when the model runs included."""
+    # Randomness that is not dropout ("unclassified") is not a site to strip:
+    # it stays, and the readiness check reports it.
+    try:
+        sites = find(model, example_inputs=seen)
+    except SurgeryError:
+        raise
+    except Exception as error:
+        raise ExportError(
+            f"could not export {type(model).__name__}: it fails on the example "
+            f"inputs ({error}). Nothing was written."
+        ) from error
+    chosen = {site.path for site in sites if site.kind != "unclassified"}
+    if chosen:
+        strip_sites(model, lambda path, _: path in chosen, example_inputs=seen)
+    return tuple(
+        site.path for site in sites if site.path in chosen and site.state != "stripped"
+    )
 
 
 def _export_and_load(
@@ -267,7 +282,7 @@ class _Saver:
     ) -> Any:
         program = torch.export.export(model, args, kwargs, strict=False)
         # find and strip take exported programs as well as modules.
-        if self.strip and find(program):  # type: ignore[arg-type]
+        if self.strip and find(program):
             # Dropout ops that draw nothing (p == 0) can survive tracing; a
             # stripped model's program should not hold any dropout op at all.
             strip_sites(program)

@@ -16,7 +16,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["ExampleInputs", "Leaf", "flatten_output", "split_inputs", "tensor_leaves"]
+__all__ = [
+    "ExampleInputs",
+    "Leaf",
+    "discovery_inputs",
+    "flatten_output",
+    "split_inputs",
+    "tensor_leaves",
+]
 
 ExampleInputs = Any
 """A tensor, a tuple or list of positional arguments, or a dict of keywords."""
@@ -59,6 +66,17 @@ def split_inputs(
         "arguments, or a dict of keyword arguments; "
         f"got {type(example_inputs).__name__}"
     )
+
+
+def discovery_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The inputs in the one-value form ``find(example_inputs=...)`` takes.
+
+    ``None`` when there are both positional and keyword arguments, which that
+    form cannot hold: sites seen only at run time are then not looked for.
+    """
+    if kwargs and args:
+        return None
+    return kwargs if kwargs else args
 
 
 def flatten_output(value: Any, position: str = "output") -> list[Leaf]:

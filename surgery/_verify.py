@@ -41,7 +41,7 @@ from ._compare import (
     resolve_tolerances,
 )
 from ._errors import SurgeryError
-from ._leaves import ExampleInputs, flatten_output, split_inputs
+from ._leaves import ExampleInputs, discovery_inputs, flatten_output, split_inputs
 from ._randomops import RandomOpCounter
 from ._report import site_to_dict
 from ._select import Selector
@@ -122,10 +122,13 @@ def verify(
             raise TypeError(f"{name} must be an nn.Module, got {type(model).__name__}")
     args, kwargs = split_inputs(example_inputs, example_kwargs)
     table = resolve_tolerances(tolerances)
-    reference_sites = find(reference)
-    candidate_sites = find(candidate)
+    # With the inputs, find also reports sites seen only at run time (dropout
+    # in helper functions), which strip(example_inputs=...) may have stripped.
+    seen = discovery_inputs(args, kwargs)
+    reference_sites = find(reference, example_inputs=seen)
+    candidate_sites = find(candidate, example_inputs=seen)
     required = (
-        {site.path for site in find(reference, require_off)}
+        {site.path for site in find(reference, require_off, example_inputs=seen)}
         if (require_off is not None)
         else set()
     )
@@ -136,7 +139,7 @@ def verify(
     ]
     with preserved_rng(reference, candidate, args, kwargs):
         expected, exact, summary = _expected_model(
-            reference, reference_sites, candidate_sites
+            reference, reference_sites, candidate_sites, seen
         )
         actual = scratch_copy(candidate, "candidate")
         claims += _train_claims(
@@ -227,7 +230,10 @@ def scratch_copy(model: nn.Module, name: str) -> nn.Module:
 
 
 def _expected_model(
-    reference: nn.Module, reference_sites: list[Site], candidate_sites: list[Site]
+    reference: nn.Module,
+    reference_sites: list[Site],
+    candidate_sites: list[Site],
+    seen: Any,
 ) -> tuple[nn.Module, bool, str]:
     """A copy of the reference with each site set as the candidate's is.
 
@@ -252,7 +258,7 @@ def _expected_model(
     expected = scratch_copy(reference, "reference")
     for mode, paths in plan.items():
         if paths:
-            set_dropout(expected, _paths_in(paths), mode=mode)
+            set_dropout(expected, _paths_in(paths), mode=mode, example_inputs=seen)
     changes = [
         f"{len(paths)} site(s) {_WORDS[mode]}" for mode, paths in plan.items() if paths
     ]

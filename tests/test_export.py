@@ -554,3 +554,25 @@ def test_check_export_ready_refuses_what_it_cannot_read(tmp_path: Path) -> None:
 def _no_leftover_temporaries(tmp_path: Path) -> Iterator[None]:
     yield
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()], "temporary left"
+
+
+def _helper_dropout(x: Tensor) -> Tensor:
+    return F.dropout(x, 0.3, True)
+
+
+class _CallsHelper(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _helper_dropout(self.linear(x))
+
+
+def test_export_strips_dropout_seen_only_at_run_time(tmp_path: Path) -> None:
+    result = surgery.export(
+        _CallsHelper().train(), torch.ones(2, 4), tmp_path / "m.pt2"
+    )
+
+    assert result.stripped == (":dropout#0",)
+    assert check_export_ready(result.path) == []

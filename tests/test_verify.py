@@ -403,3 +403,31 @@ def test_a_leaf_passes_exactly_when_within_tolerance(
     assert result.max_abs == pytest.approx(float((actual - expected).abs().max()))
     exact = compare_leaf("c", "x", actual, expected, exact=True, tolerances=table)
     assert exact.passed == torch.equal(actual, expected)
+
+
+def _helper_dropout(x: Tensor) -> Tensor:
+    return torch.nn.functional.dropout(x, 0.3, True)
+
+
+class _CallsHelper(nn.Module):
+    """Dropout called from a helper function: a site seen only at run time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _helper_dropout(self.linear(x))
+
+
+def test_sites_seen_only_at_run_time_are_verified_too() -> None:
+    model, x = _CallsHelper().train(), torch.randn(2, 4)
+    stripped = surgery.strip(copy.deepcopy(model), example_inputs=(x,))
+    missed = surgery.strip(copy.deepcopy(model), exclude="*", example_inputs=(x,))
+
+    assert surgery.verify(model, stripped, x, require_off="*").passed
+    report = surgery.verify(model, missed, x, require_off="*")
+
+    failed = {(r.claim, r.leaf) for r in report.failures}
+    assert ("sites", ":dropout#0") in failed
+    assert ("random ops (train)", "(root)") in failed
