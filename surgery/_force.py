@@ -8,8 +8,10 @@ of the same owner that are not "on" are held at zero meanwhile, since the model
 is really in eval mode.
 
 Some modules skip their dropout children entirely in eval mode through a
-fused fast path (``nn.TransformerEncoderLayer``); they are forced the same way
-when any site inside them is "on". :func:`register_eval_fast_path` adds more.
+fused fast path (``nn.TransformerEncoderLayer``, and ``nn.TransformerEncoder``,
+which turns its input into a nested tensor that a forced layer cannot take);
+the flags those paths read are forced the same way when any site inside them
+is "on". :func:`register_eval_fast_path` adds more.
 """
 
 from __future__ import annotations
@@ -28,17 +30,38 @@ from ._tree import ModuleIndex, parent_path, qualname
 __all__ = ["register_eval_fast_path", "sync_forcing"]
 
 _RECORD = "_surgery_force"
-_FAST_PATH_CLASSES: set[str] = {"torch.nn.modules.transformer.TransformerEncoderLayer"}
+# Class -> the modules (relative paths; "" is itself) whose training flag its
+# eval fast path reads.
+_FAST_PATH_CLASSES: dict[str, tuple[str, ...]] = {
+    "torch.nn.modules.transformer.TransformerEncoderLayer": ("",),
+    "torch.nn.modules.transformer.TransformerEncoder": ("layers.0",),
+}
 
 
-def register_eval_fast_path(cls: type[nn.Module] | str) -> None:
-    """Declare a class whose eval-mode forward skips its dropout children."""
-    _FAST_PATH_CLASSES.add(cls if isinstance(cls, str) else qualname(cls))
+def register_eval_fast_path(
+    cls: type[nn.Module] | str, *, reads: Sequence[str] = ("",)
+) -> None:
+    """Declare a class whose eval-mode forward skips its dropout children.
+
+    Args:
+        cls: The class, or its qualified name.
+        reads: Whose ``training`` flag decides the fast path, as paths relative
+            to the module (``""``, the default, is the module itself;
+            ``"layers.0"`` is its first layer).
+
+    Example:
+        >>> register_eval_fast_path("mypkg.blocks.FusedBlock")
+    """
+    name = cls if isinstance(cls, str) else qualname(cls)
+    _FAST_PATH_CLASSES[name] = tuple(reads)
 
 
 @dataclass
 class _ForceRecord:
     holds: list[Hold] = field(default_factory=list)
+    flags: list[nn.Module] = field(default_factory=list)
+    """The modules whose ``training`` flag is set for the forward."""
+    saved: list[bool] = field(default_factory=list)
     armed: bool = False
     forcing: bool = False
 
@@ -50,7 +73,9 @@ def _pre_hook(module: nn.Module, *_: Any) -> None:
     record: _ForceRecord = module.__dict__[_RECORD]
     if not record.armed or module.training:
         return
-    module.training = True
+    record.saved[:] = [flag.training for flag in record.flags]
+    for flag in record.flags:
+        flag.training = True
     record.forcing = True
     for hold in record.holds:
         hold.apply()
@@ -62,19 +87,23 @@ def _post_hook(module: nn.Module, *_: Any) -> None:
         return
     for hold in record.holds:
         hold.release()
-    module.training = False
+    for flag, was in zip(record.flags, record.saved, strict=True):
+        flag.training = was
     record.forcing = False
 
 
-def _forced_paths(index: ModuleIndex, site: Site) -> list[str]:
-    """The modules that must see ``training=True`` for ``site`` to drop."""
-    paths = [site.owner] if kind_named(site.kind).reads_through_owner else []
+def _forced_paths(index: ModuleIndex, site: Site) -> dict[str, tuple[str, ...]]:
+    """The modules that must be forced for ``site`` to drop, with their flags."""
+    forced: dict[str, tuple[str, ...]] = {}
+    if kind_named(site.kind).reads_through_owner:
+        forced[site.owner] = ("",)
     ancestor = site.path
     while ancestor:
         ancestor = parent_path(ancestor)
-        if qualname(index.get(ancestor)) in _FAST_PATH_CLASSES:
-            paths.append(ancestor)
-    return paths
+        reads = _FAST_PATH_CLASSES.get(qualname(index.get(ancestor)))
+        if reads is not None:
+            forced[ancestor] = (*forced.get(ancestor, ()), *reads)
+    return forced
 
 
 def sync_forcing(index: ModuleIndex, sites: Sequence[Site]) -> Undo:
@@ -86,12 +115,12 @@ def sync_forcing(index: ModuleIndex, sites: Sequence[Site]) -> Undo:
     them at every toggle would recompile every time.
     """
     armed: set[str] = set()
-    gated: set[str] = set()
+    gated: dict[str, set[str]] = {}
     for site in sites:
         if site.state != "gated":
             continue
-        for path in _forced_paths(index, site):
-            gated.add(path)
+        for path, reads in _forced_paths(index, site).items():
+            gated.setdefault(path, set()).update(reads)
             if site.mode == "on":
                 armed.add(path)
 
@@ -99,7 +128,8 @@ def sync_forcing(index: ModuleIndex, sites: Sequence[Site]) -> Undo:
     for path, module in index:
         if path in gated:
             holds = _holds_for(index, path, sites)
-            undos.append(_install(module, holds, armed=path in armed))
+            flags = _flags(module, gated[path])
+            undos.append(_install(module, holds, flags, armed=path in armed))
         elif _RECORD in module.__dict__:
             undos.append(_remove(module))
 
@@ -108,6 +138,12 @@ def sync_forcing(index: ModuleIndex, sites: Sequence[Site]) -> Undo:
             step()
 
     return undo
+
+
+def _flags(module: nn.Module, reads: set[str]) -> list[nn.Module]:
+    inside = dict(module.named_modules())
+    # A path the module does not have (an empty encoder) forces nothing.
+    return [inside[path] for path in sorted(reads) if path in inside]
 
 
 def _holds_for(index: ModuleIndex, path: str, sites: Sequence[Site]) -> list[Hold]:
@@ -124,7 +160,9 @@ def _holds_for(index: ModuleIndex, path: str, sites: Sequence[Site]) -> list[Hol
     return holds
 
 
-def _install(module: nn.Module, holds: list[Hold], *, armed: bool) -> Undo:
+def _install(
+    module: nn.Module, holds: list[Hold], flags: list[nn.Module], *, armed: bool
+) -> Undo:
     record: _ForceRecord | None = module.__dict__.get(_RECORD)
     if record is None:
         record = _ForceRecord()
@@ -132,12 +170,16 @@ def _install(module: nn.Module, holds: list[Hold], *, armed: bool) -> Undo:
         created = True
     else:
         created = False
-    before_holds, before_armed = list(record.holds), record.armed
+    before_holds, before_flags = list(record.holds), list(record.flags)
+    before_saved, before_armed = list(record.saved), record.armed
 
-    # Keep the hold objects that are still wanted, and the list itself.
+    # Keep the hold objects that are still wanted, and the lists themselves.
     record.holds[:] = [
         next((old for old in before_holds if old == hold), hold) for hold in holds
     ]
+    record.flags[:] = flags
+    # Sized once here: a compiled graph guards on the list's length.
+    record.saved[:] = [False] * len(flags)
     record.armed = armed
 
     def undo() -> None:
@@ -145,6 +187,8 @@ def _install(module: nn.Module, holds: list[Hold], *, armed: bool) -> Undo:
             _remove(module)
         else:
             record.holds[:] = before_holds
+            record.flags[:] = before_flags
+            record.saved[:] = before_saved
             record.armed = before_armed
 
     return undo

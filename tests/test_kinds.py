@@ -432,6 +432,30 @@ def test_encoder_layer_on_drops_in_eval_under_no_grad_despite_fast_path() -> Non
         assert torch.equal(model(x), reference)
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors:UserWarning")
+def test_encoder_with_padding_mask_on_drops_in_eval_instead_of_nesting() -> None:
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.5, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True).eval()
+    x = torch.randn(2, 5, 8)
+    padding = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    with torch.no_grad():
+        reference = model(x, src_key_padding_mask=padding)
+
+        # Only the second layer's attention is on: the encoder must still
+        # not hand nested tensors to a layer that is forced to train.
+        surgery.set_dropout(model, "layers.1.self_attn.dropout", mode="on")
+        counter = count_random_ops(model, x, src_key_padding_mask=padding)
+        dropped = model(x, src_key_padding_mask=padding)
+    assert counter.by_module() == {"layers.1.self_attn": 1}
+    assert not dropped.is_nested
+    assert not any(module.training for module in model.modules())
+
+    surgery.restore(model)
+    with torch.no_grad():
+        again = model(x, src_key_padding_mask=padding)
+    assert torch.equal(again, reference)
+
+
 def test_encoder_layer_module_site_on_alone_drops_in_eval() -> None:
     layer, (x,) = _encoder_layer()
     model = nn.Sequential(layer).eval()
