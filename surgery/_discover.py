@@ -93,7 +93,9 @@ def _explained_by(
         return call_path(call.module, call.call)
     readers = read_by.get(call.module, [])
     for site in readers:
-        if call.p in (site.p, site.original_p):
+        # A gate that is off passes 0.0 whatever its configured rate.
+        passed = (site.p, site.original_p, *((0.0,) if site.mode == "off" else ()))
+        if call.p in passed:
             return site.path  # a float attribute or a module's .p passed on
     if not call.own and readers:
         return readers[0].path

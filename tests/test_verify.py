@@ -90,6 +90,16 @@ def test_a_gate_that_follows_training_is_checked_bitwise() -> None:
     assert report.claim("random ops (train)").results[0].leaf != "(model)"
 
 
+def test_gates_set_off_pass_with_every_site_required_off() -> None:
+    model, x = build_demo_model(), demo_inputs()
+    off = surgery.set_dropout(copy.deepcopy(model), mode="off")
+
+    report = surgery.verify(model, off, x, require_off="*")
+
+    assert report.passed, str(report)
+    assert "10 site(s) off" in report.claim("outputs (train)").description
+
+
 def test_forced_on_sites_are_compared_with_the_reference_forced_on() -> None:
     model, x = build_demo_model(), demo_inputs()
     candidate = surgery.set_dropout(copy.deepcopy(model), "blocks.*", mode="on")
