@@ -141,10 +141,12 @@ def export(
     Example:
         >>> import tempfile, pathlib
         >>> model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1))
-        >>> folder = pathlib.Path(tempfile.mkdtemp())
-        >>> result = export(model, torch.ones(2, 4), folder / "model.pt2")
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> path = pathlib.Path(folder.name) / "model.pt2"
+        >>> result = export(model, torch.ones(2, 4), path)
         >>> result.stripped, result.random_ops, result.check.passed
         (('1',), (), True)
+        >>> folder.cleanup()
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"export takes an nn.Module, got {type(model).__name__}")
