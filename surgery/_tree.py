@@ -41,17 +41,25 @@ class ModuleIndex:
     model: nn.Module
     paths: dict[int, list[str]] = field(default_factory=dict)
     modules: dict[str, nn.Module] = field(default_factory=dict)
+    first: list[str] = field(default_factory=list, repr=False)
+    """The first path of each module, in walk order. ``replace_module`` keeps
+    it valid: a replacement takes over the paths of what it replaces."""
 
     @classmethod
     def build(cls, model: nn.Module) -> ModuleIndex:
         index = cls(model)
-        paths, modules = index.paths, index.modules
+        paths, modules, first = index.paths, index.modules, index.first
 
         # A walk of our own rather than a filter over named_modules(): pruning
         # a replacement's subtree is then free, where testing every path
         # against every replacement grew quadratically with the sites.
         def visit(path: str, module: nn.Module) -> None:
-            paths.setdefault(id(module), []).append(path)
+            known = paths.get(id(module))
+            if known is None:
+                paths[id(module)] = [path]
+                first.append(path)
+            else:
+                known.append(path)
             modules[path] = module
             if "_surgery_kind" in module.__dict__:
                 return
@@ -65,9 +73,11 @@ class ModuleIndex:
 
     def __iter__(self) -> Iterator[tuple[str, nn.Module]]:
         """Each module once, under the first path it is registered at."""
-        for path, module in self.modules.items():
-            if self.paths[id(module)][0] == path:
-                yield path, module
+        # Every kind walks the index on every find and rewrite: a list made
+        # once keeps that walk to one lookup per module.
+        modules = self.modules
+        for path in self.first:
+            yield path, modules[path]
 
     def aliases(self, module: nn.Module) -> tuple[str, ...]:
         """The paths of ``module`` after its first one."""
