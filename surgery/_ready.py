@@ -18,6 +18,7 @@ TorchScript module stays unknown: scripting keeps it switchable.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -194,10 +195,14 @@ def judge(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str | 
         if base == SDPA:
             return f"dropout_p={_show(p)}"
         return f"p={_show(p)}, train={_show(training)}"
+    return "draws random numbers" if _draws(name) else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _draws(name: str) -> bool:
+    """True for an ATen op that always draws (``bernoulli_``, ``rand_like``)."""
     packet = getattr(torch.ops.aten, name, None)
-    if packet is not None and is_random_op(packet):
-        return "draws random numbers"
-    return None
+    return packet is not None and is_random_op(packet)
 
 
 def _known(value: object) -> bool:
