@@ -36,6 +36,7 @@ EXPECTED = {
     # Errors and warnings.
     "SurgeryError",
     "SelectionError",
+    "OptionError",
     "SiteError",
     "VerificationError",
     "SurgeryWarning",
@@ -121,6 +122,8 @@ def test_public_classes_and_functions_are_documented(name: str) -> None:
 def test_errors_refine_the_builtins_callers_catch() -> None:
     assert issubclass(surgery.SelectionError, surgery.SurgeryError)
     assert issubclass(surgery.SelectionError, ValueError)
+    assert issubclass(surgery.OptionError, surgery.SurgeryError)
+    assert issubclass(surgery.OptionError, ValueError)
     assert issubclass(surgery.SiteError, surgery.SurgeryError)
     assert issubclass(surgery.SiteError, TypeError)
     assert issubclass(surgery.VerificationError, AssertionError)
