@@ -374,6 +374,12 @@ def _module(model: object) -> nn.Module:
 
 
 def _check_model(model: object) -> None:
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError(
+            "a TorchScript module's code is compiled and cannot be rewritten; "
+            "rewrite the eager model before scripting it, or list its random "
+            "ops with surgery.check_export_ready"
+        )
     if not isinstance(model, (nn.Module, torch.export.ExportedProgram)):
         raise TypeError(
             f"expected an nn.Module, got {type(model).__name__}; "

@@ -102,6 +102,10 @@ def _normalise(path: str) -> str:
 
 def _probability(node: fx.Node) -> float:
     packet = _packet(node)
+    if packet in _BERNOULLI_OPS:
+        # Drop-path draws the mask with the keep probability.
+        keep = _argument(node, 1, "p", float("nan"))
+        return round(1.0 - keep, 12) if isinstance(keep, (int, float)) else float("nan")
     if packet in _ATTENTION_OPS:
         value = _argument(node, 4, "dropout_p", 0.0)
     else:
@@ -140,7 +144,7 @@ def _sites(graph_module: fx.GraphModule) -> list[_Node]:
             index = counts.get((module, op), 0)
             counts[(module, op)] = index + 1
             path = f"{module}:{op}#{index}"
-        p = _probability(node) if _packet(node) not in _BERNOULLI_OPS else float("nan")
+        p = _probability(node)
         site = Site(
             path=path,
             kind="exported",
@@ -179,7 +183,7 @@ def rewrite_exported(
             continue
         if mode == "off":
             _silence(graph, entry)
-        else:
+        elif mode == "on" or p is not None:
             _configure(entry, mode=mode, p=p)
 
     graph.eliminate_dead_code()
