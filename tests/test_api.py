@@ -159,7 +159,6 @@ def test_gate_keeps_the_settings_of_sites_already_gated(
         ({"p": True}, "p must be a float"),
         ({"mode": "sometimes"}, "mode must be one of train, on, off; got 'sometimes'"),
         ({"mode": "ON"}, "mode must be one of"),
-        ({}, "needs mode=, p= or both"),
     ],
 )
 def test_set_dropout_rejects_bad_options_and_changes_nothing(
@@ -169,6 +168,29 @@ def test_set_dropout_rejects_bad_options_and_changes_nothing(
     before = _snapshot(model)
     with pytest.raises(ValueError, match=message):
         surgery.set_dropout(model, **options)  # type: ignore[arg-type]
+    _assert_unchanged(model, before)
+
+
+def test_bad_options_are_option_errors(model: DemoTransformer) -> None:
+    with pytest.raises(surgery.OptionError, match="p must be in"):
+        surgery.set_dropout(model, p=2.0)
+    with pytest.raises(surgery.OptionError, match="mode must be one of"):
+        surgery.set_dropout(model, mode="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(surgery.OptionError, match="p must be in"):
+        GatedDropout(2.0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="set_dropout with neither mode= nor p= raises a plain ValueError; "
+    "holds once it raises OptionError like the other bad options",
+)
+def test_set_dropout_without_options_is_an_option_error(
+    model: DemoTransformer,
+) -> None:
+    before = _snapshot(model)
+    with pytest.raises(surgery.OptionError, match="needs mode=, p= or both"):
+        surgery.set_dropout(model)
     _assert_unchanged(model, before)
 
 
