@@ -43,7 +43,8 @@ from ._compare import (
 )
 from ._errors import ExportError, SurgeryError
 from ._leaves import ExampleInputs, discovery_inputs, split_inputs, tensor_leaves
-from ._ready import RandomOp, check_export_ready, load_torchscript
+from ._ready import RandomOp, check_export_ready
+from ._torchscript import load_torchscript
 from ._verify import preserved_rng, scratch_copy, seed_all
 from ._verify_report import Claim, format_results
 

@@ -6,13 +6,11 @@ One question, asked of whatever form a model is in:
   :class:`~surgery.RandomOpCounter` (what runs is the ground truth);
 - an ``fx.GraphModule`` or a ``torch.export.ExportedProgram``: graph nodes,
   placed by their ``nn_module_stack``;
-- a TorchScript module (scripted or traced): the graph of every method of
-  every submodule, including ``prim::If`` and ``prim::Loop`` blocks;
+- a TorchScript module (scripted or traced): see :mod:`surgery._torchscript`;
 - an ONNX model or file: see :mod:`surgery._onnx`.
 
 A dropout op whose probability is a literal zero or whose ``training`` is a
-literal ``False`` draws nothing and is not listed. ``training`` read from a
-TorchScript module stays unknown: scripting keeps it switchable.
+literal ``False`` draws nothing and is not listed.
 """
 
 from __future__ import annotations
@@ -36,15 +34,10 @@ from ._leaves import ExampleInputs, split_inputs
 from ._randomops import RandomOpCounter, is_random_op
 from ._site import Site
 
-__all__ = [
-    "RandomOp",
-    "check_export_ready",
-    "graph_random_ops",
-    "judge",
-    "load_torchscript",
-]
+__all__ = ["UNKNOWN", "RandomOp", "check_export_ready", "graph_random_ops", "judge"]
 
-_UNKNOWN: Final = object()
+UNKNOWN: Final = object()
+"""An argument whose value is not fixed until the model runs."""
 
 # Dropout-like ops: random unless their p is 0 or their training flag False.
 _DROPOUT_NAMES: Final = frozenset(
@@ -60,9 +53,6 @@ _DROPOUT_NAMES: Final = frozenset(
         "stochastic_depth",
     }
 )
-# Inlined from the module's own code or from plain functions, not a child.
-_OWN_CODE: Final = re.compile(r"(\.?UNKNOWN_INSTANCE\(UNKNOWN_TYPE\))*")
-_GETTER: Final = re.compile(r"__\w+_getter")
 _TORCHSCRIPT_SUFFIXES: Final = (".pt", ".ts", ".jit", ".torchscript")
 
 
@@ -132,7 +122,9 @@ def check_export_ready(
     if isinstance(obj, torch.export.ExportedProgram):
         return graph_random_ops(obj.graph_module)
     if isinstance(obj, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
-        return _script_random_ops(obj)
+        from ._torchscript import script_random_ops
+
+        return script_random_ops(obj)
     if isinstance(obj, fx.GraphModule):
         return graph_random_ops(obj)
     if isinstance(obj, nn.Module):
@@ -159,16 +151,13 @@ def _check_file(path: Path) -> list[RandomOp]:
     if suffix == ".pt2":
         return graph_random_ops(torch.export.load(path).graph_module)
     if suffix in _TORCHSCRIPT_SUFFIXES:
-        return _script_random_ops(load_torchscript(path))
+        from ._torchscript import load_torchscript, script_random_ops
+
+        return script_random_ops(load_torchscript(path))
     raise SurgeryError(
         f"{path}: cannot tell the format from the suffix {suffix!r}; "
         f"use .onnx, .pt2 or a TorchScript suffix ({', '.join(_TORCHSCRIPT_SUFFIXES)})"
     )
-
-
-def load_torchscript(path: Path) -> Any:
-    """Load a TorchScript archive onto the CPU."""
-    return torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
 
 
 def _is_onnx_model(obj: object) -> bool:
@@ -182,7 +171,7 @@ def judge(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str | 
 
     ``name`` is a short op name (``dropout``, ``native_dropout``,
     ``bernoulli_``, ``scaled_dot_product_attention``); arguments that are
-    not known until run time are ``_UNKNOWN``.
+    not known until run time are ``UNKNOWN``.
     """
     base = name.rstrip("_")
     if base in _DROPOUT_NAMES or base == SDPA:
@@ -206,7 +195,7 @@ def _draws(name: str) -> bool:
 
 
 def _known(value: object) -> bool:
-    return value is not _UNKNOWN and not isinstance(value, fx.Node)
+    return value is not UNKNOWN and not isinstance(value, fx.Node)
 
 
 def _show(value: object) -> str:
@@ -308,139 +297,3 @@ def _eager_random_ops(
         RandomOp(event.op, event.module, detail="ran in a train-mode forward")
         for event in counter.events
     ]
-
-
-def _script_random_ops(script: Any) -> list[RandomOp]:
-    if isinstance(script, torch.jit.ScriptFunction):
-        return list(_jit_graph_ops(_inlined(script.graph), "", None))
-    modules = dict(script.named_modules())
-    found: list[RandomOp] = []
-    for path in _called_modules(modules):
-        module = modules[path]
-        for name in module._c._method_names():
-            graph = _inlined(module._c._get_method(name).graph)
-            found.extend(_jit_graph_ops(graph, path, module))
-    return found
-
-
-def _called_modules(modules: Mapping[str, Any]) -> list[str]:
-    """The root and every submodule some called module's code calls.
-
-    Scripting compiles every submodule, even one the model only reads (a
-    dropout module whose ``.p`` goes to attention): its graph never runs.
-    """
-    called, queue = [""], [""]
-    while queue:
-        path = queue.pop()
-        module = modules[path]
-        for name in module._c._method_names():
-            graph = module._c._get_method(name).graph
-            owner = next(iter(graph.inputs()), None)
-            for node in _jit_nodes(graph.nodes()):
-                if node.kind() != "prim::CallMethod":
-                    continue
-                relative = _attribute_path(next(iter(node.inputs())), owner)
-                child = f"{path}.{relative}" if path and relative else path or relative
-                if relative and child in modules and child not in called:
-                    called.append(child)
-                    queue.append(child)
-    return [path for path in modules if path in called]
-
-
-def _attribute_path(value: Any, owner: Any) -> str:
-    """``blocks.0.attn`` for a value read from ``self`` by a GetAttr chain."""
-    names = []
-    while value is not owner:
-        node = value.node()
-        if node.kind() != "prim::GetAttr":
-            return ""
-        names.append(node.s("name"))
-        value = node.input()
-    return ".".join(reversed(names))
-
-
-def _inlined(graph: Any) -> Any:
-    """A copy of ``graph`` with every function and method call inlined.
-
-    Functions such as ``F.dropout`` are separate graphs until inlined; calls
-    into child modules get inlined too, and are told apart by their module
-    hierarchy (each child is inspected as its own module).
-    """
-    copied = graph.copy()
-    torch._C._jit_pass_inline(copied)
-    return copied
-
-
-def _jit_graph_ops(graph: Any, path: str, module: Any) -> Iterator[RandomOp]:
-    resolve = _Resolver(graph, module)
-    for node in _jit_nodes(graph.nodes(), resolve):
-        namespace, _, name = node.kind().partition("::")
-        if namespace != "aten" or not _OWN_CODE.fullmatch(node.getModuleHierarchy()):
-            continue
-        why = judge(name, tuple(resolve(value) for value in node.inputs()), {})
-        if why:
-            output = next(iter(node.outputs()), None)
-            label = output.debugName() if output is not None else ""
-            yield RandomOp(node.kind(), path, label, why)
-
-
-def _jit_nodes(nodes: Any, resolve: _Resolver | None = None) -> Iterator[Any]:
-    """Every node, into blocks; an ``if`` on a fixed condition only where it goes."""
-    for node in nodes:
-        yield node
-        blocks = list(node.blocks())
-        if node.kind() == "prim::If" and resolve is not None:
-            condition = resolve(node.input())
-            if isinstance(condition, bool):
-                blocks = [blocks[0 if condition else 1]]
-        for block in blocks:
-            yield from _jit_nodes(block.nodes(), resolve)
-
-
-class _Resolver:
-    """The Python value of a TorchScript graph value, where it is fixed.
-
-    Constants, attributes read from the module (except ``training``, which
-    scripting keeps switchable), compiled property getters, and an ``if``
-    whose branches agree. Each value is resolved once per graph.
-    """
-
-    def __init__(self, graph: Any, module: Any) -> None:
-        inputs = list(graph.inputs())
-        self._owner = inputs[0].unique() if inputs and module is not None else None
-        self._module = module
-        self._known: dict[int, Any] = {}
-
-    def __call__(self, value: Any) -> Any:
-        key = value.unique()
-        if key not in self._known:
-            self._known[key] = _UNKNOWN  # a value defined in a loop may refer back
-            self._known[key] = self._resolve(value)
-        return self._known[key]
-
-    def _resolve(self, value: Any) -> Any:
-        if value.unique() == self._owner:
-            return self._module
-        node = value.node()
-        kind = node.kind()
-        if kind == "prim::Constant":
-            return value.toIValue()
-        if kind == "prim::GetAttr":
-            holder = self(node.input())
-            if node.s("name") == "training" or holder is _UNKNOWN:
-                return _UNKNOWN
-            return getattr(holder, node.s("name"), _UNKNOWN)
-        if kind == "prim::CallMethod" and _GETTER.fullmatch(node.s("name")):
-            # A compiled property getter (StrippedDropout.p): ask the module.
-            holder = self(next(iter(node.inputs())))
-            if isinstance(holder, torch.jit.ScriptModule):
-                return holder._c._get_method(node.s("name"))()
-            return _UNKNOWN
-        if kind == "prim::If":
-            # ``p if self.training else 0.0`` is fixed once p is 0.0.
-            position = list(node.outputs()).index(value)
-            results = [self(list(b.outputs())[position]) for b in node.blocks()]
-            plain = all(isinstance(r, (bool, int, float)) for r in results)
-            if plain and all(r == results[0] for r in results):
-                return results[0]
-        return _UNKNOWN
