@@ -91,11 +91,18 @@ class FloatAttributeKind:
             if id(owner) in claimed or kind_of(owner) is not None:
                 continue
             records = _records(owner)
-            for name, value in vars(owner).items():
+            # Only float attributes can be sites: picking them out first keeps
+            # the dozen dicts every module holds out of the per-name checks.
+            names = [
+                name
+                for name, value in vars(owner).items()
+                if type(value) is float or name in records
+            ]
+            for name in names:
                 record = records.get(name)
                 if record is not None:
                     yield self._site(index, path, owner, name, record)
-                elif _is_probability(value) and _is_dropout_name(name):
+                elif _is_probability(getattr(owner, name)) and _is_dropout_name(name):
                     yield self._site(index, path, owner, name, None)
 
     def _site(
