@@ -69,6 +69,7 @@ def register_drop_path(
         raise ValueError(f"kernel must be one of {KERNELS}; got {kernel!r}")
     name = cls if isinstance(cls, str) else qualname(cls)
     _REGISTRY[name] = DropPathSpec(p_attr, kernel)
+    _BY_CLASS.clear()
 
 
 def is_drop_path_class(name: str) -> bool:
@@ -76,9 +77,21 @@ def is_drop_path_class(name: str) -> bool:
     return name in _REGISTRY
 
 
+# spec_for's answers by class: discovery asks about every module of a model,
+# and walking each class's MRO by name each time dominated it on large models.
+_BY_CLASS: dict[type, DropPathSpec | None] = {}
+
+
 def spec_for(module: nn.Module) -> DropPathSpec | None:
     """The registered spec of ``module``'s class, or of its nearest base."""
-    for position, klass in enumerate(type(module).__mro__):
+    cls = type(module)
+    if cls not in _BY_CLASS:
+        _BY_CLASS[cls] = _spec_of_class(cls)
+    return _BY_CLASS[cls]
+
+
+def _spec_of_class(cls: type) -> DropPathSpec | None:
+    for position, klass in enumerate(cls.__mro__):
         spec = _REGISTRY.get(qualname(klass))
         if spec is None:
             continue
