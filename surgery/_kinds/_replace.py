@@ -39,10 +39,11 @@ class ModuleSwapKind:
         for path, module in index:
             if id(module) in claimed:
                 continue
-            if kind_of(module) == self.name:
+            made_by = kind_of(module)
+            if made_by == self.name:
                 claimed.add(id(module))
                 yield self._record(index, path, module, original_of(module))
-            elif kind_of(module) is None and self.claims(index, path, module):
+            elif made_by is None and self.claims(index, path, module):
                 claimed.add(id(module))
                 yield self._record(index, path, module, module)
 
