@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ._discover import discover
-from ._errors import SiteError
+from ._errors import OptionError, SiteError
 from ._exported import find_exported, is_exported, rewrite_exported
 from ._force import sync_forcing
 from ._gate import check_mode, check_p
@@ -184,7 +184,7 @@ def set_dropout(
     checked_mode = None if mode is None else check_mode(mode)
     checked_p = None if p is None else check_p(p)
     if checked_mode is None and checked_p is None:
-        raise ValueError("set_dropout needs mode=, p= or both")
+        raise OptionError("set_dropout needs mode=, p= or both")
 
     if is_exported(model):
         return _rewrite_exported(model, select, exclude, mode=checked_mode, p=checked_p)
@@ -367,9 +367,16 @@ def _guard(site: Site, step: Callable[[], Undo]) -> Undo:
 
 
 def _module(model: object) -> nn.Module:
-    """``model`` as a module, once exported programs have been handled."""
+    """``model`` as a module, once exported programs have been handled.
+
+    A ``torch.compile`` wrapper stands for the module it compiles: its sites
+    keep their own paths, and rewriting them makes the wrapper recompile.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
+    compiled = model.__dict__.get("_modules", {}).get("_orig_mod")
+    if type(model).__name__ == "OptimizedModule" and isinstance(compiled, nn.Module):
+        return compiled
     return model
 
 

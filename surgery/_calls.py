@@ -163,6 +163,7 @@ def _calls_in(function: Callable[..., Any]) -> tuple[SourceCall, ...]:
         return ()
     found: list[SourceCall] = []
     counts: dict[str, int] = {}
+    assigned = _assignments(tree)
     for node in sorted(
         (n for n in ast.walk(tree) if isinstance(n, ast.Call)),
         key=lambda n: (n.lineno, n.col_offset),
@@ -175,9 +176,27 @@ def _calls_in(function: Callable[..., Any]) -> tuple[SourceCall, ...]:
             continue
         index = counts.get(name, 0)
         counts[name] = index + 1
+        # `p = self.drop.p if self.training else 0.0` then `dropout_p=p`.
+        if isinstance(p_node, ast.Name) and len(assigned.get(p_node.id, [])) == 1:
+            p_node = assigned[p_node.id][0]
         text = ast.unparse(p_node) if p_node is not None else None
-        found.append(SourceCall(name, index, text, _self_attributes(p_node)))
+        covered = _self_attributes(p_node, assigned, set())
+        found.append(SourceCall(name, index, text, covered))
     return tuple(found)
+
+
+def _assignments(tree: ast.AST) -> dict[str, list[ast.expr]]:
+    """The expressions assigned to each local name in a function."""
+    assigned: dict[str, list[ast.expr]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    assigned.setdefault(target.id, []).append(node.value)
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            if isinstance(node.target, ast.Name):
+                assigned.setdefault(node.target.id, []).append(node.value)
+    return assigned
 
 
 def _function_name(func: ast.expr) -> str | None:
@@ -206,11 +225,13 @@ def _argument(call: ast.Call, position: int, keyword: str) -> ast.expr | None:
     return None
 
 
-def _self_attributes(node: ast.expr | None) -> tuple[str, ...]:
-    """``self.x`` and ``self.x.p`` references inside an expression."""
+def _self_attributes(
+    node: ast.expr | None, assigned: dict[str, list[ast.expr]], seen: set[str]
+) -> tuple[str, ...]:
+    """``self.x`` and ``self.x.p`` references in an expression, through locals."""
     if node is None:
         return ()
-    names = []
+    names: list[str] = []
     for sub in ast.walk(node):
         if (
             isinstance(sub, ast.Attribute)
@@ -219,6 +240,10 @@ def _self_attributes(node: ast.expr | None) -> tuple[str, ...]:
             and sub.attr != "training"
         ):
             names.append(sub.attr)
+        elif isinstance(sub, ast.Name) and sub.id not in seen and sub.id != "self":
+            seen.add(sub.id)
+            for value in assigned.get(sub.id, []):
+                names.extend(_self_attributes(value, assigned, seen))
     return tuple(names)
 
 

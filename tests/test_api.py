@@ -180,11 +180,6 @@ def test_bad_options_are_option_errors(model: DemoTransformer) -> None:
         GatedDropout(2.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="set_dropout with neither mode= nor p= raises a plain ValueError; "
-    "holds once it raises OptionError like the other bad options",
-)
 def test_set_dropout_without_options_is_an_option_error(
     model: DemoTransformer,
 ) -> None:

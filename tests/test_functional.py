@@ -292,3 +292,30 @@ def test_context_managers_put_call_sites_back(
 
     assert surgery.find(model) == before
     assert count_random_ops(model, x).count == 1
+
+
+def test_a_probability_passed_through_a_local_is_not_counted_twice() -> None:
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn_dropout = nn.Dropout(0.1)
+
+        def forward(self, x: Tensor) -> Tensor:
+            p = self.attn_dropout.p if self.training else 0.0
+            return F.scaled_dot_product_attention(x, x, x, dropout_p=p)
+
+    model = nn.Sequential(Attention())
+
+    assert [(site.path, site.kind) for site in surgery.find(model)] == [
+        ("0.attn_dropout", "read_p")
+    ]
+
+
+def test_a_compiled_model_is_rewritten_through_its_wrapper() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)).train()
+    compiled = torch.compile(model, backend="eager")
+
+    assert [site.path for site in surgery.find(compiled)] == ["1"]
+    assert surgery.strip(compiled) is compiled
+    assert isinstance(model[1], surgery.StrippedDropout)
+    assert count_random_ops(compiled, torch.ones(2, 4)).count == 0
