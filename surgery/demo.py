@@ -66,7 +66,8 @@ class _Attention(nn.Module):
             q, k, v, dropout_p=self.attn_dropout.p if self.training else 0.0
         )
         out = out.transpose(1, 2).reshape(batch, length, dim)
-        return self.resid_dropout(self.proj(out))
+        projected: Tensor = self.resid_dropout(self.proj(out))
+        return projected
 
 
 class _Block(nn.Module):
@@ -85,7 +86,8 @@ class _Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        out: Tensor = x + self.drop_path(self.mlp(self.norm2(x)))
+        return out
 
 
 class DemoTransformer(nn.Module):
@@ -119,7 +121,8 @@ class DemoTransformer(nn.Module):
             x = block(x)
         pooled = self.norm(x).mean(dim=1)
         pooled = F.dropout(pooled, p=self.classifier_dropout, training=self.training)
-        return self.head(pooled)
+        logits: Tensor = self.head(pooled)
+        return logits
 
 
 def build_demo_model(seed: int = 0) -> DemoTransformer:
