@@ -37,7 +37,7 @@ def format_sites(sites: Sequence[Site]) -> str:
     rows = [HEADERS, *sites_table_rows(sites)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADERS))]
     lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
