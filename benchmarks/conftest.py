@@ -23,7 +23,7 @@ from support import Case, Settings
 
 import surgery
 
-_DEFAULT_COMPILE = {"cpu": "mlp", "cuda": "mlp,cnn,gpt"}
+_DEFAULT_COMPILE = {"cpu": "mlp", "cuda": "mlp,cnn"}
 _DEFAULT_SECONDS = {"cpu": 4.0, "cuda": 3.0}
 _START = pytest.StashKey[float]()
 
@@ -59,7 +59,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "on cuda; each variant still runs once per round)",
     )
     group.addoption(
-        "--bench-rounds", type=int, default=5, help="interleaved rounds (default: 5)"
+        "--bench-rounds", type=int, default=4, help="interleaved rounds (default: 4)"
     )
     group.addoption("--bench-threads", type=int, default=None, help="torch CPU threads")
     group.addoption(
@@ -192,6 +192,7 @@ def pytest_benchmark_update_machine_info(
         "device": str(settings.device),
         "device_name": _device_name(config),
         "threads": torch.get_num_threads(),
+        "models": list(settings.models),
         "dtypes": [str(dtype).removeprefix("torch.") for dtype in settings.dtypes],
         "compiled_models": sorted(settings.compiled),
         "seconds": settings.seconds,

@@ -101,6 +101,9 @@ def test_throughput(
             "dtype": case.dtype,
             "seconds": settings.seconds,
             "rounds": settings.rounds,
+            # Eager: the random-op count has run the model once already.
+            # Compiled: the first forward compiles, the second is the estimate.
+            "warmup": 2 if case.compiled else 1,
         },
         rounds=1,
         iterations=1,
