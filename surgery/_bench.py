@@ -245,10 +245,11 @@ def compare_throughput(
     ``"gate_on"`` (Monte Carlo dropout: eval mode with the gates on).
 
     Warm-up forwards are not timed; the variants are then timed in
-    ``rounds`` interleaved rounds (their order rotates each round), at least
-    one forward per variant per round, waiting for the device before and
-    after each timing. ``"eval"`` is always measured, as the baseline. The
-    model, its mode and the global random state are left as they were.
+    ``rounds`` interleaved rounds (their order rotates, and reverses every
+    other round), at least one forward per variant per round, waiting for the
+    device before and after each timing. ``"eval"`` is always measured, as
+    the baseline. The model, its mode and the global random state are left
+    as they were.
 
     Args:
         model: The model to measure. Not changed.
@@ -427,9 +428,14 @@ def _time_in_rounds(
     repeats = [max(1, round(chunk / max(plan.estimate, 1e-9))) for plan in plans]
 
     for round_number in range(rounds):
-        # Rotate the order so no variant always runs first or last.
+        # Rotate the order, and reverse it every other round, so that no
+        # variant always runs first or last, or always right after another:
+        # a machine that slows down over the run then biases no ratio.
         shift = round_number % len(plans)
-        for position in [*range(shift, len(plans)), *range(shift)]:
+        order = [*range(shift, len(plans)), *range(shift)]
+        if round_number % 2:
+            order.reverse()
+        for position in order:
             plan = plans[position]
             plan.times.append(_timed(plan, device, repeats[position]))
 
