@@ -59,7 +59,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "on cuda; each variant still runs once per round)",
     )
     group.addoption(
-        "--bench-rounds", type=int, default=4, help="interleaved rounds (default: 4)"
+        "--bench-rounds",
+        type=int,
+        default=4,
+        help="interleaved rounds (default: 4; the mlp and cnn workloads get twice "
+        "the rounds and seconds)",
     )
     group.addoption("--bench-threads", type=int, default=None, help="torch CPU threads")
     group.addoption(

@@ -99,8 +99,8 @@ def test_throughput(
             "compile": case.compiled,
             "device": settings.device,
             "dtype": case.dtype,
-            "seconds": settings.seconds,
-            "rounds": settings.rounds,
+            "seconds": settings.seconds * workload.timing_scale,
+            "rounds": settings.rounds * workload.timing_scale,
             # Eager: the random-op count has run the model once already.
             # Compiled: the first forward compiles, the second is the estimate.
             "warmup": 2 if case.compiled else 1,

@@ -38,6 +38,9 @@ class Workload:
     kwargs: dict[str, Any]
     shape: str
     """The model's shape and the batch, in words, for reports."""
+    timing_scale: int = 1
+    """Multiplies the run's rounds and seconds: a fast forward on a busy CPU
+    needs more rounds to settle, and they cost little."""
 
 
 class StochasticDepth(nn.Module):
@@ -191,7 +194,7 @@ def cnn(size: Size) -> Workload:
     batch = 16 if size == "cpu" else 256
     images = torch.randn(batch, 3, 64, 64, generator=_seeded(3))
     shape = f"ResNet-style 3 x 2 blocks (32-128 ch), batch {batch} x 3 x 64 x 64"
-    return Workload("cnn", model, (images,), {}, shape)
+    return Workload("cnn", model, (images,), {}, shape, timing_scale=2)
 
 
 def mlp(size: Size) -> Workload:
@@ -201,7 +204,7 @@ def mlp(size: Size) -> Workload:
     batch = 256 if size == "cpu" else 8192
     features = torch.randn(batch, 256, generator=_seeded(4))
     shape = f"MLP 256 -> 4 x 1024 -> 10, batch {batch}"
-    return Workload("mlp", model, (features,), {}, shape)
+    return Workload("mlp", model, (features,), {}, shape, timing_scale=2)
 
 
 BUILDERS: dict[str, Callable[[Size], Workload]] = {
