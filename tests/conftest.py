@@ -18,6 +18,13 @@ def _seeded() -> Iterator[None]:
     torch.random.set_rng_state(state)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_dynamo() -> Iterator[None]:
+    """No compiled graph or guard outlives the test that compiled it."""
+    yield
+    torch._dynamo.reset()
+
+
 # The vision zoo needs timm and torchvision, a multi-GB install: it runs only
 # through its own command (see the README), never in the default test run.
 collect_ignore = [] if os.environ.get("SURGERY_ZOO") == "1" else ["zoo"]

@@ -149,6 +149,7 @@ def _rewrite_command(
     format = choose_format(output, format_name)
 
     loaded = load_for(screen, model, weights, trust_pickle)
+    check_rewritable(loaded)
     set_training(loaded, training)
     examples = choose_examples(
         loaded, shapes=input_shapes, inputs_file=inputs_file, seq_len=seq_len
