@@ -107,12 +107,12 @@ def _forced_paths(index: ModuleIndex, site: Site) -> dict[str, tuple[str, ...]]:
 
 
 def sync_forcing(index: ModuleIndex, sites: Sequence[Site]) -> Undo:
-    """Install the hooks gated sites may need; arm those of "on" sites.
+    """Install the hooks that "on" sites need, and arm them.
 
-    An owner keeps its hooks, disarmed, while its gated sites are in "train"
-    or "off" mode, and the hook objects stay the same: torch.compile guards
-    on a module's hooks and on the objects they read, so adding and removing
-    them at every toggle would recompile every time.
+    Once installed, an owner keeps its hooks, disarmed, while its gated sites
+    are in "train" or "off" mode, and the hook objects stay the same:
+    torch.compile guards on a module's hooks and on the objects they read, so
+    adding and removing them at every toggle would recompile every time.
     """
     armed: set[str] = set()
     gated: dict[str, set[str]] = {}
@@ -126,7 +126,9 @@ def sync_forcing(index: ModuleIndex, sites: Sequence[Site]) -> Undo:
 
     undos: list[Undo] = []
     for path, module in index:
-        if path in gated:
+        # Hooks go on at the first "on" and stay while the owner has gated
+        # sites; an owner never forced keeps no hook (and still scripts).
+        if path in gated and (path in armed or _RECORD in module.__dict__):
             holds = _holds_for(index, path, sites)
             flags = _flags(module, gated[path])
             undos.append(_install(module, holds, flags, armed=path in armed))

@@ -159,7 +159,8 @@ class GatedDropout(nn.Module):
         True
     """
 
-    __jit_unused_properties__: Final = ["p", "drop_prob", "rate"]
+    # p and drop_prob compile, so scripted owners that read .p work.
+    __jit_unused_properties__: Final = ["rate"]
 
     kernel: str
     mode: str
@@ -208,6 +209,12 @@ class GatedDropout(nn.Module):
 
     @rate.setter
     def rate(self, value: float) -> None:
+        self._set_rate(value)
+
+    # Setters are compiled with the getters under torch.jit.script; the work
+    # of setting the rate is Python only (a scripted module never sets it).
+    @torch.jit.unused
+    def _set_rate(self, value: float) -> None:
         value = check_p(value)
         self._rate = value
         self._rate_tensor.fill_(value)
@@ -223,7 +230,7 @@ class GatedDropout(nn.Module):
 
     @p.setter
     def p(self, value: float) -> None:
-        self.rate = value
+        self._set_rate(value)
 
     @property
     def drop_prob(self) -> float:
@@ -232,7 +239,7 @@ class GatedDropout(nn.Module):
 
     @drop_prob.setter
     def drop_prob(self, value: float) -> None:
-        self.rate = value
+        self._set_rate(value)
 
     def extra_repr(self) -> str:
         return f"p={self._rate}, mode={self.mode!r}, kernel={self.kernel!r}"

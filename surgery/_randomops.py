@@ -155,6 +155,8 @@ class RandomOpCounter(TorchDispatchMode):
         return func(*args, **kwargs)
 
     def _track(self, model: nn.Module) -> None:
+        if isinstance(model, torch.jit.ScriptModule):
+            return  # compiled code runs no Python hooks: ops count at the root
         for path, module in model.named_modules():
             self._handles.append(module.register_forward_pre_hook(self._enter(path)))
             self._handles.append(

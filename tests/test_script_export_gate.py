@@ -143,3 +143,21 @@ def test_scripted_gate_that_calls_its_inner_module_drops() -> None:
     scripted = torch.jit.script(model)
     x = torch.ones(16, 8)
     assert not torch.equal(scripted(x), scripted.eval()(x))
+
+
+def test_a_gated_model_whose_attention_reads_p_scripts() -> None:
+    from surgery.demo import build_demo_model, demo_inputs
+
+    model = build_demo_model()
+    x = demo_inputs()
+    surgery.gate(model)
+
+    scripted = torch.jit.script(model)
+
+    torch.manual_seed(2)
+    expected = model(x)
+    torch.manual_seed(2)
+    assert torch.equal(scripted(x), expected)
+    surgery.set_dropout(model, "*attn_dropout", mode="off")
+    scripted = torch.jit.script(model)
+    assert surgery.count_random_ops(scripted, x).count == 10
