@@ -6,7 +6,6 @@ shared machine are not test material. The benchmarks under benchmarks/ do that.
 
 from __future__ import annotations
 
-import doctest
 import json
 import statistics
 from collections.abc import Iterator
@@ -260,10 +259,3 @@ def test_cuda_without_a_gpu_says_so() -> None:
 def test_benchmark_error_is_a_value_error() -> None:
     assert issubclass(BenchmarkError, surgery.SurgeryError)
     assert issubclass(BenchmarkError, ValueError)
-
-
-def test_docstring_examples_run() -> None:
-    results = doctest.testmod(_bench, extraglobs={"nn": nn, "torch": torch})
-
-    assert results.attempted > 0
-    assert results.failed == 0
