@@ -581,6 +581,10 @@ def _resolve_device(
             f"device {device!r} asked for, but CUDA is not available here; "
             "pass device='cpu' or run on a machine with a GPU"
         )
+    if target.type == "cuda" and target.index is None:
+        # Parameters say cuda:0, never cuda: name the device the same way, so
+        # that a model already there is not copied for nothing.
+        target = torch.device("cuda", torch.cuda.current_device())
     return target
 
 
