@@ -2,11 +2,13 @@
 
 CPU (the recorded run)::
 
-    .venv/bin/python -m pytest benchmarks --benchmark-json=benchmarks/results/raw.json
-    .venv/bin/python benchmarks/report.py benchmarks/results/raw.json
+    .venv/bin/python -m pytest benchmarks --bench-threads 1 \
+        --benchmark-json=.benchmarks/run.json
+    .venv/bin/python benchmarks/report.py .benchmarks/run.json
 
-GPU: add ``--bench-device cuda --bench-dtypes float32,bfloat16``. Every option
-is listed by ``pytest benchmarks --help`` under "surgery benchmarks".
+GPU: add ``--bench-device cuda --bench-dtypes float32,bfloat16 --bench-budget
+200`` (the README has the one-line command). Every option is listed by
+``pytest benchmarks --help`` under "surgery benchmarks".
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 import torch
 from support import Case, Settings
+from workloads import BUILDERS
 
 import surgery
 
@@ -86,9 +89,13 @@ def _settings(config: pytest.Config) -> Settings:
         compiled = frozenset()
     else:
         compiled = frozenset(_names(compile_option))
-    dtypes = tuple(
-        getattr(torch, name) for name in _names(config.getoption("--bench-dtypes"))
-    )
+    unknown = sorted(set(models) - set(BUILDERS))
+    if unknown:
+        raise pytest.UsageError(
+            f"--bench-models: no workload {', '.join(unknown)}; "
+            f"choose from {', '.join(BUILDERS)}"
+        )
+    dtypes = tuple(_dtype(name) for name in _names(config.getoption("--bench-dtypes")))
     return Settings(
         device=device,
         dtypes=dtypes,
@@ -98,6 +105,13 @@ def _settings(config: pytest.Config) -> Settings:
         rounds=config.getoption("--bench-rounds"),
         budget=config.getoption("--bench-budget"),
     )
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise pytest.UsageError(f"--bench-dtypes: {name!r} is not a torch dtype")
+    return dtype
 
 
 def _names(text: str) -> tuple[str, ...]:
