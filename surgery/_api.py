@@ -18,7 +18,7 @@ from torch import nn
 from ._discover import discover
 from ._errors import OptionError, SiteError
 from ._exported import find_exported, is_exported, rewrite_exported
-from ._force import sync_forcing
+from ._force import has_forcing, sync_forcing
 from ._gate import check_mode, check_p
 from ._kinds import kind_named
 from ._kinds.base import Undo
@@ -192,7 +192,9 @@ def set_dropout(
     def to_configured(index: ModuleIndex, site: Site) -> list[Undo]:
         return _to_configured(index, site, checked_mode, checked_p)
 
-    return _rewrite(model, select, exclude, to_configured, example_inputs)
+    return _rewrite(
+        model, select, exclude, to_configured, example_inputs, arms=mode == "on"
+    )
 
 
 @contextmanager
@@ -272,6 +274,8 @@ def _rewrite(
     exclude: Selector | None,
     transition: Transition,
     example_inputs: Any = None,
+    *,
+    arms: bool = False,
 ) -> M:
     _check_model(model)
     if is_exported(model):
@@ -287,7 +291,10 @@ def _rewrite(
     try:
         for site in chosen:
             undos.extend(transition(index, site))
-        undos.append(sync_forcing(index, discover(index)))
+        # Forcing hooks change only where a site turns on or already has them:
+        # skip the second look at the model otherwise.
+        if arms or has_forcing(index):
+            undos.append(sync_forcing(index, discover(index)))
     except BaseException:
         for undo in reversed(undos):
             undo()

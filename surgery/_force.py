@@ -27,7 +27,7 @@ from ._kinds.base import Hold, Undo
 from ._site import Site
 from ._tree import ModuleIndex, parent_path, qualname
 
-__all__ = ["register_eval_fast_path", "sync_forcing"]
+__all__ = ["has_forcing", "register_eval_fast_path", "sync_forcing"]
 
 _RECORD = "_surgery_force"
 # Class -> the modules (relative paths; "" is itself) whose training flag its
@@ -104,6 +104,11 @@ def _forced_paths(index: ModuleIndex, site: Site) -> dict[str, tuple[str, ...]]:
         if reads is not None:
             forced[ancestor] = (*forced.get(ancestor, ()), *reads)
     return forced
+
+
+def has_forcing(index: ModuleIndex) -> bool:
+    """True if any module of the model carries forcing hooks."""
+    return any(_RECORD in module.__dict__ for module in index.modules.values())
 
 
 def sync_forcing(index: ModuleIndex, sites: Sequence[Site]) -> Undo:
