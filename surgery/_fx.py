@@ -9,6 +9,8 @@ back into its parent with the same children and ``state_dict`` keys.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import fx, nn
 
 from ._calls import call_name
@@ -23,12 +25,12 @@ class _OwnerTracer(fx.Tracer):
         return True
 
 
+@dataclass(frozen=True)
 class TraceResult:
     """A traced owner, or why it could not be traced faithfully."""
 
-    def __init__(self, module: fx.GraphModule | None, reason: str) -> None:
-        self.module = module
-        self.reason = reason
+    module: fx.GraphModule | None
+    reason: str
 
 
 def _trace(owner: nn.Module, training: bool) -> fx.Graph:

@@ -175,7 +175,3 @@ def _remove_hooks(module: nn.Module, pre: object, post: object) -> None:
         for key in [k for k, v in hooks.items() if v is fn]:
             del hooks[key]
             module._forward_hooks_always_called.pop(key, None)
-
-
-def is_known(value: float) -> bool:
-    return not math.isnan(value)

@@ -201,8 +201,6 @@ class FunctionalKind:
                 return call_path(owner, call)
         return None
 
-    # -- rewrites --------------------------------------------------------------
-
     def strip(self, index: ModuleIndex, site: Site) -> Undo:
         return self._set(index, site, state="stripped", mode=None, rate=0.0)
 
