@@ -23,7 +23,13 @@ from torch.overrides import TorchFunctionMode
 from ._calls import SDPA, call_name, read_probability, read_training, with_arguments
 from ._site import Mode, State
 
-__all__ = ["CallState", "InterceptRecord", "record_of", "uninstall_if_idle"]
+__all__ = [
+    "CallState",
+    "InterceptRecord",
+    "ensure_record",
+    "record_of",
+    "uninstall_if_idle",
+]
 
 _RECORD = "_surgery_calls"
 _SUSPENDS = "_surgery_suspends"
@@ -135,23 +141,30 @@ def _child_post_hook(module: nn.Module, args: Any, output: Any) -> None:
             record.suspended -= 1
 
 
-def record_of(owner: nn.Module, *, create: bool = False) -> InterceptRecord | None:
-    """The owner's record, installing the interception on first use if asked."""
+def record_of(owner: nn.Module) -> InterceptRecord | None:
+    """The owner's record, if its calls are intercepted."""
     record: InterceptRecord | None = owner.__dict__.get(_RECORD)
-    if record is None and create:
-        record = InterceptRecord(owner)
-        owner.__dict__[_RECORD] = record
-        owner.register_forward_pre_hook(_owner_pre_hook)
-        owner.register_forward_hook(_owner_post_hook, always_call=True)
-        for child in owner.children():
-            # Counted so a child shared by two owners keeps its hooks until
-            # both are done. The hooks travel with the child's hook dicts
-            # when surgery replaces it.
-            users = child.__dict__.get(_SUSPENDS, 0)
-            if not users:
-                child.register_forward_pre_hook(_child_pre_hook)
-                child.register_forward_hook(_child_post_hook, always_call=True)
-            child.__dict__[_SUSPENDS] = users + 1
+    return record
+
+
+def ensure_record(owner: nn.Module) -> InterceptRecord:
+    """The owner's record, installing the interception on first use."""
+    record = record_of(owner)
+    if record is not None:
+        return record
+    record = InterceptRecord(owner)
+    owner.__dict__[_RECORD] = record
+    owner.register_forward_pre_hook(_owner_pre_hook)
+    owner.register_forward_hook(_owner_post_hook, always_call=True)
+    for child in owner.children():
+        # Counted so a child shared by two owners keeps its hooks until both
+        # are done. The hooks travel with the child's hook dicts when surgery
+        # replaces it.
+        users = child.__dict__.get(_SUSPENDS, 0)
+        if not users:
+            child.register_forward_pre_hook(_child_pre_hook)
+            child.register_forward_hook(_child_post_hook, always_call=True)
+        child.__dict__[_SUSPENDS] = users + 1
     return record
 
 

@@ -190,7 +190,7 @@ Examples:
 @common_options
 def demo(keep: Path | None, seconds: float, as_json: bool, debug: bool) -> None:
     """Inspect, strip, verify, export and time the built-in demo model."""
-    from .._mainjob import run_demo
+    from .demo import run_demo
 
     screen = screen_for(as_json)
     if keep is not None:

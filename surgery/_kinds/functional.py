@@ -308,8 +308,7 @@ def _untouched(module: fx.GraphModule) -> bool:
 def _set_intercepted(
     site: Site, owner: nn.Module, *, state: State, mode: Mode | None, rate: float
 ) -> Undo:
-    record = _intercept.record_of(owner, create=True)
-    assert record is not None  # create=True always returns one
+    record = _intercept.ensure_record(owner)
     call = _split(site)
     before = record.states.get(call)
     if state == "original":
@@ -319,8 +318,7 @@ def _set_intercepted(
     _intercept.uninstall_if_idle(owner)
 
     def undo() -> None:
-        again = _intercept.record_of(owner, create=True)
-        assert again is not None
+        again = _intercept.ensure_record(owner)
         if before is None:
             again.states.pop(call, None)
         else:

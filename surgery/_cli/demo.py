@@ -17,12 +17,12 @@ from typing import Any, TextIO
 
 import torch
 
-from ._api import find, gate, set_dropout, strip
-from ._bench import compare_throughput
-from ._pipeline import export_step, verify_step
-from ._randomops import count_random_ops
-from ._report import format_sites
-from .demo import build_demo_model, demo_inputs
+from .._api import find, gate, set_dropout, strip
+from .._bench import compare_throughput
+from .._pipeline import export_step, verify_step
+from .._randomops import count_random_ops
+from .._report import format_sites
+from ..demo import build_demo_model, demo_inputs
 
 __all__ = ["DemoSummary", "run_demo"]
 
