@@ -12,6 +12,7 @@ from .._pipeline import VERIFY_EXPORTED
 from .._ready import check_export_ready
 from .._site import Site
 from .errors import CliError, UsageProblem, VerificationFailed
+from .examples import Examples, choose_examples
 from .io import check_output
 from .load import LoadedModel, load_model
 from .render import Screen
@@ -31,9 +32,10 @@ __all__ = [
     "given_paths",
     "graph_random_ops",
     "load_for",
-    "needs_inputs",
     "random_op_dict",
+    "require_examples",
     "set_training",
+    "wrote_line",
 ]
 
 MODEL_HELP = """\b
@@ -84,12 +86,17 @@ def check_rewritable(loaded: LoadedModel) -> None:
         )
 
 
-def check_verifiable(loaded: LoadedModel, what: str) -> None:
+def check_verifiable(
+    loaded: LoadedModel, examples: Examples | None, *, what: str, needs: str
+) -> None:
+    """Refuse to verify a fixed program (``what`` names the step) or no inputs."""
     if loaded.kind in ("pt2", "torchscript"):
         raise UsageProblem(
             f"{what} needs a Python model, and MODEL {loaded.source} is a "
             f"{FORMAT_NAMES[loaded.kind]}: {VERIFY_EXPORTED}"
         )
+    if examples is None:
+        raise _needs_inputs(needs)
 
 
 def check_report(
@@ -103,7 +110,24 @@ def check_report(
     return check_output(report_path, inputs=inputs, overwrite=False, flag="--report")
 
 
-def needs_inputs(what: str) -> UsageProblem:
+def require_examples(
+    loaded: LoadedModel,
+    what: str,
+    *,
+    shapes: tuple[str, ...],
+    inputs_file: Path | None,
+    seq_len: int,
+) -> Examples:
+    """The example inputs the flags ask for; a usage error naming ``what`` if none."""
+    examples = choose_examples(
+        loaded, shapes=shapes, inputs_file=inputs_file, seq_len=seq_len
+    )
+    if examples is None:
+        raise _needs_inputs(what)
+    return examples
+
+
+def _needs_inputs(what: str) -> UsageProblem:
     return UsageProblem(
         f"{what} needs example inputs: pass --input-shape (e.g. 2x8:int64) or "
         "--inputs FILE"
@@ -155,6 +179,11 @@ def export_summary(result: Any) -> str:
 
 def given_paths(*paths: Path | None) -> list[Path]:
     return [path for path in paths if path is not None]
+
+
+def wrote_line(output: Path, target: Path, format: str) -> str:
+    """The closing line of a command that wrote ``output`` (now at ``target``)."""
+    return f"wrote {output} ({FORMAT_NAMES[format]}, {file_size(target)})"
 
 
 def file_size(path: Path) -> str:

@@ -17,11 +17,11 @@ from .common import (
     export_payload,
     export_summary,
     fail_verification,
-    file_size,
     given_paths,
     load_for,
-    needs_inputs,
+    require_examples,
     set_training,
+    wrote_line,
 )
 from .errors import UsageProblem
 from .examples import choose_examples
@@ -105,11 +105,9 @@ def export(
             "takes a Python model (a factory, a transformers folder, a pickle)"
         )
     set_training(loaded, training)
-    examples = choose_examples(
-        loaded, shapes=input_shapes, inputs_file=inputs_file, seq_len=seq_len
+    examples = require_examples(
+        loaded, "export", shapes=input_shapes, inputs_file=inputs_file, seq_len=seq_len
     )
-    if examples is None:
-        raise needs_inputs("export")
 
     with screen.progress(f"exporting to {format}"), atomic_path(target) as temporary:
         result = export_step(
@@ -126,7 +124,7 @@ def export(
         screen.json({"model": loaded.source, **export_payload(result, output)})
         return
     screen.line(export_summary(result))
-    screen.line(f"wrote {output} ({FORMAT_NAMES[format]}, {file_size(target)})")
+    screen.line(wrote_line(output, target, format))
 
 
 @click.command(
@@ -208,9 +206,12 @@ def apply(
         recipe_shapes=steps.inputs,
     )
     if steps.verifies:
-        check_verifiable(loaded, f"{recipe}: the verify step")
-    if examples is None and steps.verifies:
-        raise needs_inputs("the recipe's verify step")
+        check_verifiable(
+            loaded,
+            examples,
+            what=f"{recipe}: the verify step",
+            needs="the recipe's verify step",
+        )
     if steps.export_format is not None and loaded.kind in ("pt2", "torchscript"):
         raise UsageProblem(
             f"{recipe}: the export step takes a Python model, and MODEL {model} is "
@@ -259,7 +260,7 @@ def apply(
         return
     for number, outcome in enumerate(result.outcomes, start=1):
         screen.line(f"step {number}: {_describe(outcome)}")
-    screen.line(f"wrote {output} ({FORMAT_NAMES[format]}, {file_size(target)})")
+    screen.line(wrote_line(output, target, format))
 
 
 def _describe(outcome: Any) -> str:

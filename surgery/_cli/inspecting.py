@@ -17,11 +17,10 @@ from .common import (
     find_sites,
     graph_random_ops,
     load_for,
-    needs_inputs,
     random_op_dict,
+    require_examples,
 )
 from .errors import UsageProblem
-from .examples import choose_examples
 from .io import check_output
 from .options import common_options, input_options, model_options, select_options
 from .save import FORMAT_NAMES
@@ -146,11 +145,9 @@ def bench(
             f"pickled module); MODEL {model} is a "
             f"{FORMAT_NAMES[loaded.kind]}, whose mode is fixed"
         )
-    examples = choose_examples(
-        loaded, shapes=input_shapes, inputs_file=inputs_file, seq_len=seq_len
+    examples = require_examples(
+        loaded, "bench", shapes=input_shapes, inputs_file=inputs_file, seq_len=seq_len
     )
-    if examples is None:
-        raise needs_inputs("bench")
     with screen.progress(f"timing {model} for about {seconds:g} s"):
         report = compare_throughput(
             loaded.module,

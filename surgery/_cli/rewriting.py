@@ -20,12 +20,11 @@ from .common import (
     export_payload,
     export_summary,
     fail_verification,
-    file_size,
     find_sites,
     given_paths,
     load_for,
-    needs_inputs,
     set_training,
+    wrote_line,
 )
 from .errors import UsageProblem
 from .examples import choose_examples
@@ -41,7 +40,7 @@ from .options import (
     select_options,
     training_option,
 )
-from .save import FORMAT_NAMES, choose_format, write_model
+from .save import choose_format, write_model
 from .verdicts import report_payload, report_rows
 
 __all__ = ["gate", "strip"]
@@ -155,9 +154,7 @@ def _rewrite_command(
         loaded, shapes=input_shapes, inputs_file=inputs_file, seq_len=seq_len
     )
     if verify:
-        check_verifiable(loaded, "--verify")
-    if examples is None and verify:
-        raise needs_inputs("--verify")
+        check_verifiable(loaded, examples, what="--verify", needs="--verify")
     reference = copy.deepcopy(loaded.model) if verify else None
 
     chosen = find_sites(loaded, select, exclude, quiet=True)
@@ -216,7 +213,7 @@ def _rewrite_command(
         screen.table(("claim", "result", "detail"), report_rows(report))
     if exported is not None:
         screen.line(export_summary(exported))
-    screen.line(f"wrote {output} ({FORMAT_NAMES[format]}, {file_size(target)})")
+    screen.line(wrote_line(output, target, format))
 
 
 def _apply_verb(
