@@ -25,20 +25,23 @@ inside the traced code.
 
 from __future__ import annotations
 
-import logging
 import math
-import weakref
-from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 from torch import nn
 
-from ._api import find, set_dropout
-from ._errors import SelectionError, SurgeryError
-from ._gate import GatedDropout, check_mode, check_p
+from ._api import find  # noqa: F401  (EarlyDropout's example calls it)
+from ._schedule_base import (
+    Check,
+    DropoutSchedule,
+    Setting,
+    count,
+    optional_mode,
+    probability,
+)
 from ._select import Selector
-from ._site import Mode, Site
+from ._site import Mode
 
 __all__ = [
     "ConstantDropout",
@@ -51,175 +54,16 @@ __all__ = [
     "StepDropout",
 ]
 
-logger = logging.getLogger("surgery")
 
-Setting = tuple[Mode | None, float]
-"""A mode (``None`` keeps each site's own) and a probability for one site."""
+def _milestones(value: Sequence[object], name: str) -> list[int]:
+    milestones = [count(minimum=1)(m, name) for m in value]
+    if milestones != sorted(set(milestones)):
+        raise ValueError(f"milestones must increase strictly, got {milestones}")
+    return milestones
 
-# Every schedule still alive, so a new one can refuse sites already driven.
-_LIVE: weakref.WeakSet[DropoutSchedule] = weakref.WeakSet()
 
-
-class DropoutSchedule:
-    """Base of every schedule: selection, stepping, checkpointing.
-
-    Subclasses define :meth:`settings` (what each site gets at a step), list
-    in ``_config`` the constructor options ``state_dict`` saves, check them
-    in ``_validate`` and end ``__init__`` with ``self._start()``, which
-    claims the sites and applies step 0.
-
-    Attributes:
-        model: The model whose sites the schedule drives.
-        paths: The selected site paths, in module order.
-    """
-
-    _config: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(
-        self,
-        model: nn.Module,
-        select: Selector | None = None,
-        *,
-        exclude: Selector | None = None,
-    ) -> None:
-        sites = find(model, select, exclude=exclude)
-        if not sites:
-            raise SelectionError(
-                f"{type(self).__name__}: select and exclude left no dropout site; "
-                "list the sites with surgery.find(model)"
-            )
-        self.model = model
-        self.paths: tuple[str, ...] = tuple(site.path for site in sites)
-        self._claims = {_claim_key(site): site.path for site in sites}
-        # Sites that are not modules (float attributes) never get a gate object.
-        self._no_gate = frozenset(
-            site.path for site in sites if not _is_module_path(model, site.path)
-        )
-        self._last_step = 0
-        self._detached = False
-        self._applied: dict[str, Setting] = {}
-
-    def _start(self) -> None:
-        """Claim the sites and apply step 0; the last line of every __init__."""
-        _check_disjoint(self)
-        self._apply()
-        _LIVE.add(self)
-
-    @property
-    def last_step(self) -> int:
-        """The step whose value is applied now (0 right after construction)."""
-        return self._last_step
-
-    def settings(self, step: int) -> dict[str, Setting]:
-        """The mode and probability each selected site gets at ``step``."""
-        raise NotImplementedError
-
-    def get_last_p(self) -> dict[str, float]:
-        """The probability each site drops with now (0.0 while switched off)."""
-        return {
-            path: 0.0 if mode == "off" else p
-            for path, (mode, p) in self.settings(self._last_step).items()
-        }
-
-    def step(self) -> None:
-        """Advance one step and apply the new value."""
-        self.seek(self._last_step + 1)
-
-    def seek(self, step: int) -> None:
-        """Jump to ``step`` and apply its value (trainer callbacks use this)."""
-        self._check_attached()
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be an int >= 0, got {step!r}")
-        self._last_step = step
-        self._apply()
-
-    def state_dict(self) -> dict[str, Any]:
-        """What resuming needs: the step, the site paths and the options."""
-        return {
-            "schedule": type(self).__name__,
-            "last_step": self._last_step,
-            "paths": list(self.paths),
-            "config": {name: _plain(getattr(self, name)) for name in self._config},
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume from :meth:`state_dict`: restore options and step, and apply.
-
-        Raises:
-            SelectionError: The state was saved by another kind of schedule
-                or for other sites.
-        """
-        self._check_attached()
-        name = state.get("schedule")
-        if name != type(self).__name__:
-            raise SelectionError(
-                f"this state was saved by a {name} schedule; "
-                f"load it into a {name}, not a {type(self).__name__}"
-            )
-        saved = tuple(state["paths"])
-        if saved != self.paths:
-            missing = sorted(set(saved) - set(self.paths))
-            extra = sorted(set(self.paths) - set(saved))
-            raise SelectionError(
-                f"{name}: the saved state drives other sites than this schedule "
-                f"(only saved: {missing or 'none'}; only here: {extra or 'none'}); "
-                "build the schedule with the selection it was saved with"
-            )
-        before = {key: getattr(self, key) for key in self._config}
-        try:
-            for key, value in state["config"].items():
-                setattr(self, key, value)
-            self._validate()
-        except Exception:
-            for key, value in before.items():
-                setattr(self, key, value)
-            raise
-        self._last_step = int(state["last_step"])
-        self._applied.clear()
-        self._apply()
-
-    def detach(self) -> None:
-        """Stop driving the sites, so that another schedule may take them."""
-        self._detached = True
-        _LIVE.discard(self)
-
-    def _validate(self) -> None:
-        """Check the options; subclasses raise ValueError naming the bad one."""
-
-    def _check_attached(self) -> None:
-        if self._detached:
-            raise SurgeryError(
-                f"this {type(self).__name__} was detached; build a new schedule"
-            )
-
-    def _apply(self) -> None:
-        slow: dict[Setting, list[str]] = defaultdict(list)
-        for path, setting in self.settings(self._last_step).items():
-            mode, p = setting
-            gate = self._gate_at(path)
-            if gate is not None and mode in (None, gate.mode):
-                # Only a new rate: set it on the gate, and skip a walk over
-                # the whole model on every training step.
-                gate.rate = p
-            elif path in self._no_gate and self._applied.get(path) == setting:
-                # A float attribute already holds this value.
-                continue
-            else:
-                slow[setting].append(path)
-                continue
-            self._applied[path] = setting
-
-        for (mode, p), paths in slow.items():
-            set_dropout(self.model, _one_of(paths), mode=mode, p=p)
-            self._applied.update(dict.fromkeys(paths, (mode, p)))
-        logger.debug("%s: step %d applied", type(self).__name__, self._last_step)
-
-    def _gate_at(self, path: str) -> GatedDropout | None:
-        try:
-            module = self.model.get_submodule(path)
-        except AttributeError:
-            return None
-        return module if isinstance(module, GatedDropout) else None
+def _probabilities(value: Sequence[object], name: str) -> list[float]:
+    return [probability(v, name) for v in value]
 
 
 class ConstantDropout(DropoutSchedule):
@@ -232,7 +76,9 @@ class ConstantDropout(DropoutSchedule):
         {'1': 0.3}
     """
 
-    _config = ("p", "mode")
+    p: float
+    mode: Mode | None
+    _config: ClassVar[Mapping[str, Check]] = {"p": probability, "mode": optional_mode}
 
     def __init__(
         self,
@@ -244,15 +90,7 @@ class ConstantDropout(DropoutSchedule):
         mode: Mode | None = None,
     ) -> None:
         super().__init__(model, select, exclude=exclude)
-        self.p = p
-        self.mode = mode
-        self._validate()
-        self._start()
-
-    def _validate(self) -> None:
-        self.p = check_p(self.p, where="p")
-        if self.mode is not None:
-            self.mode = check_mode(self.mode)
+        self._start(p=p, mode=mode)
 
     def settings(self, step: int) -> dict[str, Setting]:
         return dict.fromkeys(self.paths, (self.mode, self.p))
@@ -261,7 +99,14 @@ class ConstantDropout(DropoutSchedule):
 class _Ramp(DropoutSchedule):
     """From ``start`` to ``end`` over ``steps`` steps, then held at ``end``."""
 
-    _config = ("start", "end", "steps")
+    start: float
+    end: float
+    steps: int
+    _config: ClassVar[Mapping[str, Check]] = {
+        "start": probability,
+        "end": probability,
+        "steps": count(minimum=1),
+    }
 
     def __init__(
         self,
@@ -274,14 +119,7 @@ class _Ramp(DropoutSchedule):
         steps: int,
     ) -> None:
         super().__init__(model, select, exclude=exclude)
-        self.start, self.end, self.steps = start, end, steps
-        self._validate()
-        self._start()
-
-    def _validate(self) -> None:
-        self.start = check_p(self.start, where="start")
-        self.end = check_p(self.end, where="end")
-        self.steps = _check_count(self.steps, "steps", minimum=1)
+        self._start(start=start, end=end, steps=steps)
 
     def _fraction(self, step: int) -> float:
         raise NotImplementedError
@@ -338,7 +176,12 @@ class StepDropout(DropoutSchedule):
         {'1': 0.3}
     """
 
-    _config = ("milestones", "values")
+    milestones: list[int]
+    values: list[float]
+    _config: ClassVar[Mapping[str, Check]] = {
+        "milestones": _milestones,
+        "values": _probabilities,
+    }
 
     def __init__(
         self,
@@ -350,22 +193,18 @@ class StepDropout(DropoutSchedule):
         values: Sequence[float],
     ) -> None:
         super().__init__(model, select, exclude=exclude)
-        self.milestones = list(milestones)
-        self.values = list(values)
-        self._validate()
-        self._start()
+        self._start(milestones=list(milestones), values=list(values))
 
     def _validate(self) -> None:
-        milestones = [_check_count(m, "milestones", minimum=1) for m in self.milestones]
-        if milestones != sorted(set(milestones)):
-            raise ValueError(f"milestones must increase strictly, got {milestones}")
+        # The counts are compared before the values are checked one by one.
+        milestones = _milestones(self.milestones, "milestones")
         if len(self.values) != len(milestones) + 1:
             raise ValueError(
                 f"values needs one entry more than milestones ({len(milestones) + 1}), "
                 f"got {len(self.values)}"
             )
         self.milestones = milestones
-        self.values = [check_p(v, where="values") for v in self.values]
+        self.values = _probabilities(self.values, "values")
 
     def settings(self, step: int) -> dict[str, Setting]:
         reached = sum(1 for milestone in self.milestones if step >= milestone)
@@ -386,7 +225,12 @@ class EarlyDropout(DropoutSchedule):
         [('off', 0.2)]
     """
 
-    _config = ("p", "until")
+    p: float
+    until: int
+    _config: ClassVar[Mapping[str, Check]] = {
+        "p": probability,
+        "until": count(minimum=0),
+    }
 
     def __init__(
         self,
@@ -398,13 +242,7 @@ class EarlyDropout(DropoutSchedule):
         until: int,
     ) -> None:
         super().__init__(model, select, exclude=exclude)
-        self.p, self.until = p, until
-        self._validate()
-        self._start()
-
-    def _validate(self) -> None:
-        self.p = check_p(self.p, where="p")
-        self.until = _check_count(self.until, "until", minimum=0)
+        self._start(p=p, until=until)
 
     def settings(self, step: int) -> dict[str, Setting]:
         mode: Mode = "train" if step < self.until else "off"
@@ -424,7 +262,12 @@ class LateDropout(DropoutSchedule):
         {'1': 0.2}
     """
 
-    _config = ("p", "start")
+    p: float
+    start: int
+    _config: ClassVar[Mapping[str, Check]] = {
+        "p": probability,
+        "start": count(minimum=0),
+    }
 
     def __init__(
         self,
@@ -436,13 +279,7 @@ class LateDropout(DropoutSchedule):
         start: int,
     ) -> None:
         super().__init__(model, select, exclude=exclude)
-        self.p, self.start = p, start
-        self._validate()
-        self._start()
-
-    def _validate(self) -> None:
-        self.p = check_p(self.p, where="p")
-        self.start = _check_count(self.start, "start", minimum=0)
+        self._start(p=p, start=start)
 
     def settings(self, step: int) -> dict[str, Setting]:
         mode: Mode = "off" if step < self.start else "train"
@@ -463,7 +300,8 @@ class DepthDropout(DropoutSchedule):
         {'0': 0.0, '1': 0.1, '2': 0.2}
     """
 
-    _config = ("max_p",)
+    max_p: float
+    _config: ClassVar[Mapping[str, Check]] = {"max_p": probability}
 
     def __init__(
         self,
@@ -474,12 +312,7 @@ class DepthDropout(DropoutSchedule):
         max_p: float,
     ) -> None:
         super().__init__(model, select, exclude=exclude)
-        self.max_p = max_p
-        self._validate()
-        self._start()
-
-    def _validate(self) -> None:
-        self.max_p = check_p(self.max_p, where="max_p")
+        self._start(max_p=max_p)
 
     def settings(self, step: int) -> dict[str, Setting]:
         last = len(self.paths) - 1
@@ -487,48 +320,3 @@ class DepthDropout(DropoutSchedule):
             path: (None, self.max_p * i / last if last else 0.0)
             for i, path in enumerate(self.paths)
         }
-
-
-def _claim_key(site: Site) -> tuple[nn.Module | None, str]:
-    """What identifies a site across paths and wrappers (DDP, compile)."""
-    name = site.path.rpartition(".")[2] if site.kind == "attribute" else ""
-    return (site.module, name)
-
-
-def _check_disjoint(new: DropoutSchedule) -> None:
-    for other in list(_LIVE):
-        shared = sorted(
-            path for key, path in new._claims.items() if key in other._claims
-        )
-        if shared:
-            raise SelectionError(
-                f"{type(new).__name__} would drive sites that a live "
-                f"{type(other).__name__} already drives: {', '.join(shared)}. "
-                "Give the schedules disjoint selections (exclude=...), or call "
-                ".detach() on the earlier one first."
-            )
-
-
-def _one_of(paths: Sequence[str]) -> Callable[[str, nn.Module], bool]:
-    """A selector predicate that picks exactly these site paths."""
-    chosen = frozenset(paths)
-    return lambda path, _: path in chosen
-
-
-def _is_module_path(model: nn.Module, path: str) -> bool:
-    try:
-        model.get_submodule(path)
-    except AttributeError:
-        return False
-    return True
-
-
-def _check_count(value: object, name: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def _plain(value: object) -> object:
-    """Options as plain Python, so a state saves with torch.save or as JSON."""
-    return list(value) if isinstance(value, (list, tuple)) else value
