@@ -12,19 +12,37 @@ eval mode measured in the same run.
 
 from __future__ import annotations
 
-import copy
 import logging
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass
-from typing import Any, Final, Literal, TypeVar, cast
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 
 from ._api import gate, set_dropout, strip
+from ._bench_inputs import (
+    batch_size_of,
+    check_model,
+    check_options,
+    check_variants,
+    map_tensors,
+    on_target,
+    param_dtype,
+    resolve_device,
+    share_parameters_copy,
+    to_target,
+)
+from ._bench_report import (
+    BASELINE,
+    VARIANTS,
+    ThroughputReport,
+    ThroughputRow,
+    Variant,
+)
 from ._errors import BenchmarkError
 from ._randomops import count_random_ops
 
@@ -39,24 +57,6 @@ __all__ = [
 logger = logging.getLogger("surgery")
 
 T = TypeVar("T")
-
-Variant = Literal[
-    "train", "eval", "p0_loop", "strip", "gate_train", "gate_on", "gate_off"
-]
-"""One way of preparing the model before its forward pass is timed."""
-
-VARIANTS: Final[tuple[Variant, ...]] = (
-    "train",
-    "eval",
-    "p0_loop",
-    "strip",
-    "gate_train",
-    "gate_on",
-    "gate_off",
-)
-"""Every variant, in the order reports list them. ``"eval"`` is the baseline."""
-
-_BASELINE: Final = "eval"
 
 
 @dataclass(frozen=True)
@@ -89,133 +89,6 @@ _RECIPES: Final[dict[str, _Recipe]] = {
         True, lambda model: set_dropout(model, mode="off"), "gates off, train mode"
     ),
 }
-
-
-@dataclass(frozen=True)
-class ThroughputRow:
-    """The measured forward throughput of one variant.
-
-    Attributes:
-        variant: Which variant (one of :data:`VARIANTS`).
-        description: How the variant was prepared, in words.
-        compiled: True when measured under ``torch.compile``.
-        training: The model's ``training`` flag while measured.
-        samples_per_s: Batch size divided by :attr:`seconds_per_batch`.
-        seconds_per_batch: Median over the rounds of the time of one forward.
-        round_seconds: The time of one forward in each round.
-        time_vs_eval: :attr:`seconds_per_batch` over eval mode's, measured
-            in the same run with the same ``compiled`` setting; above 1 is
-            slower than eval.
-        random_ops: Random ops one eager forward of the variant runs, or
-            ``None`` when not counted.
-        graphs: Graphs compiled during warm-up (compiled rows only).
-        recompiles: Graphs compiled while timed, after warm-up (compiled rows
-            only); anything but 0 means the timing includes compilation.
-    """
-
-    variant: Variant
-    description: str
-    compiled: bool
-    training: bool
-    samples_per_s: float
-    seconds_per_batch: float
-    round_seconds: tuple[float, ...]
-    time_vs_eval: float
-    random_ops: int | None = None
-    graphs: int | None = None
-    recompiles: int | None = None
-
-    @property
-    def throughput_vs_eval(self) -> float:
-        """Samples per second relative to eval mode; below 1 is slower."""
-        return 1.0 / self.time_vs_eval
-
-    @property
-    def spread(self) -> float:
-        """(slowest - fastest round) / median: how noisy the measurement was."""
-        rounds = self.round_seconds
-        return (max(rounds) - min(rounds)) / self.seconds_per_batch
-
-
-@dataclass(frozen=True)
-class ThroughputReport:
-    """The rows of one :func:`compare_throughput` run and what they ran on."""
-
-    model: str
-    device: str
-    dtype: str
-    batch_size: int
-    rounds: int
-    torch_version: str
-    threads: int
-    rows: tuple[ThroughputRow, ...]
-
-    def row(self, variant: Variant, *, compiled: bool = False) -> ThroughputRow:
-        """The row of ``variant``, eager or compiled."""
-        for row in self.rows:
-            if row.variant == variant and row.compiled == compiled:
-                return row
-        measured = ", ".join(
-            f"{row.variant}{' (compiled)' if row.compiled else ''}" for row in self.rows
-        )
-        raise KeyError(
-            f"no {'compiled ' if compiled else ''}row for {variant!r}; "
-            f"measured: {measured}"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Everything in the report as plain JSON-ready values."""
-        header = {name: value for name, value in asdict(self).items() if name != "rows"}
-        rows = []
-        for row in self.rows:
-            fields = asdict(row)
-            fields["round_seconds"] = list(row.round_seconds)
-            fields["throughput_vs_eval"] = row.throughput_vs_eval
-            fields["spread"] = row.spread
-            rows.append(fields)
-        return {**header, "rows": rows}
-
-    def to_text(self) -> str:
-        """A plain-text table, one line per row."""
-        title = (
-            f"{self.model} on {self.device} ({self.dtype}), batch {self.batch_size}, "
-            f"torch {self.torch_version}, {self.threads} threads, "
-            f"{self.rounds} rounds"
-        )
-        head = ("variant", "compiled", "mode", "samples/s", "x eval time", "spread")
-        lines = [(*head, "random ops", "graphs")]
-        for row in self.rows:
-            lines.append(
-                (
-                    row.variant,
-                    "yes" if row.compiled else "no",
-                    "train" if row.training else "eval",
-                    f"{row.samples_per_s:,.1f}",
-                    f"{row.time_vs_eval:.3f}",
-                    f"{100 * row.spread:.1f}%",
-                    "-" if row.random_ops is None else str(row.random_ops),
-                    _graphs_text(row),
-                )
-            )
-        widths = [max(len(line[i]) for line in lines) for i in range(len(head) + 2)]
-        body = [
-            "  ".join(
-                cell.ljust(width) for cell, width in zip(line, widths, strict=True)
-            ).rstrip()
-            for line in lines
-        ]
-        return "\n".join([title, *body])
-
-    def __str__(self) -> str:
-        return self.to_text()
-
-
-def _graphs_text(row: ThroughputRow) -> str:
-    if row.graphs is None:
-        return "-"
-    if row.recompiles:
-        return f"{row.graphs} (+{row.recompiles} while timed)"
-    return str(row.graphs)
 
 
 def compare_throughput(
@@ -287,10 +160,10 @@ def compare_throughput(
         >>> report.row("strip").random_ops, report.row("train").random_ops
         (0, 1)
     """
-    chosen = _check_variants(variants)
-    _check_options(seconds=seconds, rounds=rounds, warmup=warmup)
-    _check_model(model)
-    target = _resolve_device(model, device)
+    chosen = check_variants(variants)
+    check_options(seconds=seconds, rounds=rounds, warmup=warmup)
+    check_model(model)
+    target = resolve_device(model, device)
     args = (example_inputs,) if isinstance(example_inputs, Tensor) else example_inputs
     if not isinstance(args, Sequence) or isinstance(args, str):
         raise BenchmarkError(
@@ -298,11 +171,11 @@ def compare_throughput(
             f"got {type(example_inputs).__name__}"
         )
     kwargs = dict(example_kwargs or {})
-    size = _batch_size(args, kwargs, batch_size)
+    size = batch_size_of(args, kwargs, batch_size)
 
-    base = _on(model, target, dtype)
-    args = _map_tensors(tuple(args), lambda t: _cast(t, target, dtype))
-    kwargs = _map_tensors(kwargs, lambda t: _cast(t, target, dtype))
+    base = on_target(model, target, dtype)
+    args = map_tensors(tuple(args), lambda t: to_target(t, target, dtype))
+    kwargs = map_tensors(kwargs, lambda t: to_target(t, target, dtype))
     cuda = [target] if target.type == "cuda" else []
     random_ops: dict[str, int] | None = {} if count_random else None
     with torch.random.fork_rng(devices=cuda), torch.no_grad(), _room_to_compile():
@@ -319,7 +192,7 @@ def compare_throughput(
     return ThroughputReport(
         model=type(model).__name__,
         device=str(target),
-        dtype=str(dtype or _param_dtype(model)).removeprefix("torch."),
+        dtype=str(dtype or param_dtype(model)).removeprefix("torch."),
         batch_size=size,
         rounds=rounds,
         torch_version=torch.__version__,
@@ -395,7 +268,7 @@ def _plan(
     backend: str,
 ) -> _Plan:
     recipe = _RECIPES[name]
-    variant = _share_parameters_copy(base)
+    variant = share_parameters_copy(base)
     recipe.prepare(variant)
     variant.train(recipe.training)
     counter = _CountingBackend(backend) if compiled else None
@@ -465,7 +338,7 @@ def _row(plan: _Plan, plans: list[_Plan], batch_size: int) -> ThroughputRow:
     baseline = next(
         other
         for other in plans
-        if other.name == _BASELINE and other.compiled == plan.compiled
+        if other.name == BASELINE and other.compiled == plan.compiled
     )
     return ThroughputRow(
         variant=plan.name,
@@ -514,170 +387,3 @@ def _room_to_compile() -> AbstractContextManager[object]:
             limit = max(int(getattr(config, name)), 64)
             return cast(AbstractContextManager[object], config.patch(name, limit))
     return nullcontext()
-
-
-def _check_variants(variants: Sequence[Variant]) -> list[Variant]:
-    if isinstance(variants, str) or not variants:
-        raise BenchmarkError(
-            f"variants must be a non-empty list drawn from {', '.join(VARIANTS)}; "
-            f"got {variants!r}"
-        )
-    unknown = [name for name in variants if name not in _RECIPES]
-    if unknown:
-        raise BenchmarkError(
-            f"unknown variant(s) {', '.join(map(repr, unknown))}; "
-            f"choose from {', '.join(VARIANTS)}"
-        )
-    chosen = list(dict.fromkeys(variants))
-    if _BASELINE not in chosen:
-        chosen.insert(0, _BASELINE)
-    return chosen
-
-
-def _check_options(*, seconds: float, rounds: int, warmup: int) -> None:
-    if not seconds > 0:
-        raise BenchmarkError(f"seconds must be positive, got {seconds!r}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise BenchmarkError(f"rounds must be an int >= 1, got {rounds!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
-        raise BenchmarkError(
-            f"warmup must be an int >= 1 (the first forward is never timed), "
-            f"got {warmup!r}"
-        )
-
-
-def _check_model(model: object) -> None:
-    if not isinstance(model, nn.Module):
-        raise BenchmarkError(
-            f"expected an nn.Module, got {type(model).__name__}; pass the model"
-        )
-    if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
-        raise BenchmarkError(
-            "the model is already compiled; pass the original (its ._orig_mod) "
-            "and compile=True to measure it compiled"
-        )
-    meta = next(
-        (name for name, param in model.named_parameters() if param.is_meta), None
-    )
-    if meta is not None:
-        raise BenchmarkError(
-            f"parameter {meta!r} is on the meta device and holds no data; "
-            "materialise the model (to_empty() and initialise it) first"
-        )
-
-
-def _resolve_device(
-    model: nn.Module, device: str | torch.device | None
-) -> torch.device:
-    if device is None:
-        first = next(model.parameters(), None)
-        return first.device if first is not None else torch.device("cpu")
-    try:
-        target = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise BenchmarkError(f"device {device!r} is not a device: {error}") from error
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise BenchmarkError(
-            f"device {device!r} asked for, but CUDA is not available here; "
-            "pass device='cpu' or run on a machine with a GPU"
-        )
-    if target.type == "cuda" and target.index is None:
-        # Parameters say cuda:0, never cuda: name the device the same way, so
-        # that a model already there is not copied for nothing.
-        target = torch.device("cuda", torch.cuda.current_device())
-    return target
-
-
-def _param_dtype(model: nn.Module) -> torch.dtype:
-    first = next(model.parameters(), None)
-    return first.dtype if first is not None else torch.get_default_dtype()
-
-
-def _on(model: nn.Module, device: torch.device, dtype: torch.dtype | None) -> nn.Module:
-    """``model`` itself if it is already there, else a converted full copy.
-
-    ``Module.to`` changes parameters in place, so converting the caller's
-    model (or a copy sharing its parameters) would change the caller's.
-    """
-    params = list(model.parameters())
-    same_device = all(param.device == device for param in params)
-    same_dtype = dtype is None or all(
-        param.dtype == dtype for param in params if param.is_floating_point()
-    )
-    if same_device and same_dtype:
-        return model
-    converted = _deepcopy(model, {})
-    return converted.to(device=device, dtype=dtype)
-
-
-def _share_parameters_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model``'s modules and buffers that shares its parameters."""
-    memo: dict[int, Any] = {id(param): param for param in model.parameters()}
-    return _deepcopy(model, memo)
-
-
-def _deepcopy(model: nn.Module, memo: dict[int, Any]) -> nn.Module:
-    try:
-        return copy.deepcopy(model, memo)
-    except Exception as error:
-        raise BenchmarkError(
-            f"could not copy {type(model).__name__} to prepare a variant "
-            f"(copy.deepcopy failed: {error}); each variant needs its own copy"
-        ) from error
-
-
-def _cast(tensor: Tensor, device: torch.device, dtype: torch.dtype | None) -> Tensor:
-    if dtype is not None and tensor.is_floating_point():
-        return tensor.to(device=device, dtype=dtype)
-    return tensor.to(device=device)
-
-
-def _map_tensors(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
-    if isinstance(value, Tensor):
-        return fn(value)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_map_tensors(item, fn) for item in value)
-    if isinstance(value, dict):
-        return {key: _map_tensors(item, fn) for key, item in value.items()}
-    return value
-
-
-def _tensors(value: Any) -> Iterator[Tensor]:
-    if isinstance(value, Tensor):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _tensors(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item)
-
-
-def _batch_size(
-    args: Sequence[Any], kwargs: Mapping[str, Any], batch_size: int | None
-) -> int:
-    tensors = [*_tensors(list(args)), *_tensors(dict(kwargs))]
-    if not tensors:
-        raise BenchmarkError(
-            "example inputs hold no tensor; pass the inputs of one forward pass"
-        )
-    if not any(bool(tensor.any()) for tensor in tensors if tensor.numel()):
-        # Zeros flatter kernels (and make every dropout mask irrelevant):
-        # the timings would not be those of real data.
-        raise BenchmarkError(
-            "example inputs are all zeros; use realistic values "
-            "(torch.randn for features, torch.randint for token ids)"
-        )
-    if batch_size is not None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-            raise BenchmarkError(f"batch_size must be an int, got {batch_size!r}")
-        if batch_size < 1:
-            raise BenchmarkError(f"batch_size must be >= 1, got {batch_size}")
-        return batch_size
-    first = tensors[0]
-    if first.dim() == 0:
-        raise BenchmarkError(
-            "the first input tensor is a scalar, so the batch size is unknown; "
-            "pass batch_size="
-        )
-    return int(first.shape[0])
