@@ -23,7 +23,7 @@ from torch import nn
 from .._gate import kind_of
 from .._site import Mode, Site, State
 from .._tree import ModuleIndex, join, qualname
-from .base import Hold, HoldAttribute, Undo
+from .base import Hold, HoldAttribute, RecordKind, Undo
 
 __all__ = ["FloatAttributeKind", "is_dropout_attribute", "register_dropout_attribute"]
 
@@ -79,7 +79,7 @@ class _Record:
         return self.rate
 
 
-class FloatAttributeKind:
+class FloatAttributeKind(RecordKind):
     """Float drop probabilities held by any module and read by its forward."""
 
     name = "attribute"
@@ -127,20 +127,6 @@ class FloatAttributeKind:
             aliases=tuple(join(alias, name) for alias in index.aliases(owner)),
             module=owner,
         )
-
-    def strip(self, index: ModuleIndex, site: Site) -> Undo:
-        return self._write(index, site, state="stripped", mode=None, rate=0.0)
-
-    def gate(self, index: ModuleIndex, site: Site, *, mode: Mode, p: float) -> Undo:
-        return self._write(index, site, state="gated", mode=mode, rate=p)
-
-    def configure(
-        self, index: ModuleIndex, site: Site, *, mode: Mode, p: float
-    ) -> Undo:
-        return self._write(index, site, state="gated", mode=mode, rate=p)
-
-    def restore(self, index: ModuleIndex, site: Site) -> Undo:
-        return self._write(index, site, state="original", mode=None, rate=0.0)
 
     def hold(self, index: ModuleIndex, site: Site) -> Hold | None:
         owner, name = _locate(index, site)

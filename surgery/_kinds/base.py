@@ -19,10 +19,10 @@ from typing import Protocol
 
 from torch import nn
 
-from .._site import Mode, Site
+from .._site import Mode, Site, State
 from .._tree import ModuleIndex
 
-__all__ = ["Hold", "HoldAttribute", "SiteKind", "Undo"]
+__all__ = ["Hold", "HoldAttribute", "RecordKind", "SiteKind", "Undo"]
 
 Undo = Callable[[], None]
 
@@ -96,3 +96,38 @@ class HoldAttribute:
 
     def release(self) -> None:
         setattr(self.owner, self.name, self.saved)
+
+
+class RecordKind:
+    """A kind whose verbs all come down to writing one record per site.
+
+    Subclasses implement :meth:`_write`, which puts a site in a state (with a
+    gate mode and rate when gated) and returns the undo.
+    """
+
+    def _write(
+        self,
+        index: ModuleIndex,
+        site: Site,
+        *,
+        state: State,
+        mode: Mode | None,
+        rate: float,
+    ) -> Undo:
+        raise NotImplementedError
+
+    def strip(self, index: ModuleIndex, site: Site) -> Undo:
+        return self._write(index, site, state="stripped", mode=None, rate=0.0)
+
+    def gate(self, index: ModuleIndex, site: Site, *, mode: Mode, p: float) -> Undo:
+        return self._write(index, site, state="gated", mode=mode, rate=p)
+
+    def configure(
+        self, index: ModuleIndex, site: Site, *, mode: Mode, p: float
+    ) -> Undo:
+        return self._write(index, site, state="gated", mode=mode, rate=p)
+
+    def restore(self, index: ModuleIndex, site: Site) -> Undo:
+        return self._write(
+            index, site, state="original", mode=None, rate=site.original_p
+        )

@@ -37,7 +37,7 @@ from .._gate import GatedDropout, StrippedDropout, kind_of
 from .._site import Mode, Site, State
 from .._tree import ModuleIndex, qualname, replace_module
 from .attribute import is_dropout_attribute
-from .base import Hold, Undo
+from .base import Hold, RecordKind, Undo
 
 __all__ = ["FunctionalKind", "call_path"]
 
@@ -57,7 +57,7 @@ def _split(site: Site) -> str:
     return site.path.rpartition(":")[2]
 
 
-class FunctionalKind:
+class FunctionalKind(RecordKind):
     """Dropout functions called by a module's own forward code."""
 
     name = "functional"
@@ -201,24 +201,10 @@ class FunctionalKind:
                 return call_path(owner, call)
         return None
 
-    def strip(self, index: ModuleIndex, site: Site) -> Undo:
-        return self._set(index, site, state="stripped", mode=None, rate=0.0)
-
-    def gate(self, index: ModuleIndex, site: Site, *, mode: Mode, p: float) -> Undo:
-        return self._set(index, site, state="gated", mode=mode, rate=p)
-
-    def configure(
-        self, index: ModuleIndex, site: Site, *, mode: Mode, p: float
-    ) -> Undo:
-        return self._set(index, site, state="gated", mode=mode, rate=p)
-
-    def restore(self, index: ModuleIndex, site: Site) -> Undo:
-        return self._set(index, site, state="original", mode=None, rate=site.original_p)
-
     def hold(self, index: ModuleIndex, site: Site) -> Hold | None:
         return None
 
-    def _set(
+    def _write(
         self,
         index: ModuleIndex,
         site: Site,
