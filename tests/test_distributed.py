@@ -60,6 +60,13 @@ def _join(rank: int, port: int) -> None:
     )
 
 
+def _leave() -> None:
+    # Both ranks finish every collective before either tears gloo down: a rank
+    # that leaves while the other still talks to it can abort the process.
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _settings(model: nn.Module) -> list[tuple[str, str, str | None, float]]:
     return [(s.path, s.state, s.mode, s.p) for s in surgery.find(model)]
 
@@ -180,7 +187,7 @@ def _ddp_worker(rank: int, port: int) -> None:
     assert torch.equal(_flat_parameters(fresh), _flat_parameters(model))
 
     _check_reproduces_original(rank)
-    dist.destroy_process_group()
+    _leave()
 
 
 def test_ddp_trains_gated_and_stripped_models_and_reproduces_the_original() -> None:
@@ -251,7 +258,7 @@ def _fsdp_worker(rank: int, port: int, folder: str) -> None:
     for key, value in get_model_state_dict(big, options=full).items():
         assert torch.equal(value, expected[key]), key
     _train(big, rank, steps=1)
-    dist.destroy_process_group()
+    _leave()
 
 
 def test_fsdp2_trains_gated_and_stripped_models_and_checkpoints(tmp_path: Path) -> None:
